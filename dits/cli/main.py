@@ -1,0 +1,106 @@
+"""Entry point: the click group, global options, and the one place errors become exit codes."""
+
+from __future__ import annotations
+
+import errno
+import os
+import sys
+import traceback
+from pathlib import Path
+
+import click
+
+from dits import __version__
+from dits.cli._common import Ctx
+from dits.errors import EXIT_INTERNAL, EXIT_IO, DitsError
+
+EXIT_CODES_HELP = """\b
+Exit codes: 0 ok, 1 error, 2 usage, 3 not a repository, 4 conflict,
+5 corrupt or missing data, 6 locked, 7 I/O (disk full, unreadable),
+8 refused by a hook, 70 internal error (see docs/exit-codes.md)."""
+
+
+@click.group(epilog=EXIT_CODES_HELP, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-C", "cwd", type=click.Path(file_okay=False, path_type=Path), help="Run as if started in DIR.")
+@click.option("-q", "--quiet", is_flag=True, help="Print only errors.")
+@click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
+@click.version_option(__version__, prog_name="dits")
+@click.pass_context
+def cli(ctx: click.Context, cwd: Path | None, quiet: bool, debug: bool) -> None:
+    """dits: version control for video projects."""
+    ctx.obj = Ctx(cwd=(cwd or Path.cwd()).absolute(), quiet=quiet, debug=debug)
+
+
+def _register() -> None:
+    from dits.cli import (
+        cmd_add,
+        cmd_branch,
+        cmd_commit,
+        cmd_config,
+        cmd_demo,
+        cmd_diff,
+        cmd_init,
+        cmd_log,
+        cmd_maint,
+        cmd_status,
+    )
+
+    for module in (
+        cmd_init,
+        cmd_add,
+        cmd_status,
+        cmd_commit,
+        cmd_log,
+        cmd_diff,
+        cmd_branch,
+        cmd_maint,
+        cmd_config,
+        cmd_demo,
+    ):
+        for command in module.COMMANDS:
+            cli.add_command(command)
+
+
+_register()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; map every error to one line on stderr and an exit code."""
+    args = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in args or os.environ.get("DITS_DEBUG") == "1"
+    try:
+        cli.main(args=args, prog_name="dits", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        return 130
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except DitsError as exc:
+        if debug:
+            traceback.print_exc()
+        click.echo(f"dits: error: {exc}", err=True)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        click.echo("dits: interrupted", err=True)
+        return 130
+    except OSError as exc:
+        if debug:
+            traceback.print_exc()
+        if exc.errno == errno.ENOSPC:
+            click.echo("dits: error: no space left on device", err=True)
+        else:
+            where = f" ({exc.filename})" if exc.filename else ""
+            click.echo(f"dits: error: {exc.strerror or exc}{where}", err=True)
+        return EXIT_IO
+    except Exception:
+        traceback.print_exc()
+        click.echo("dits: internal error; please report it with the traceback above", err=True)
+        return EXIT_INTERNAL
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

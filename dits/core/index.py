@@ -1,0 +1,79 @@
+"""IndexEntry: what the staging index records per path, and its fixed binary encoding.
+
+Stat data (size, mtime_ns, ctime_ns, inode, dev) lets status recognise an unchanged file
+without reading it, as git's index does. Encoding (little-endian, 69 bytes):
+``version u8 | kind u8 | mode u32 | size u64 | mtime_ns i64 | ctime_ns i64 | inode u64 |
+dev u64 | oid 32B`` with version = 1.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from enum import IntEnum
+
+from dits.core.ids import ObjectId
+
+__all__ = ["EntryKind", "IndexEntry", "decode_index_entry", "encode_index_entry"]
+
+_INDEX_FORMAT = struct.Struct("<BBIQqqQQ32s")
+_INDEX_VERSION = 1
+
+
+class EntryKind(IntEnum):
+    """What a path is: a regular file (oid = manifest) or a symlink (oid = symlink object)."""
+
+    FILE = 1
+    SYMLINK = 2
+
+
+@dataclass(frozen=True)
+class IndexEntry:
+    """One staged path."""
+
+    kind: EntryKind
+    mode: int
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+    inode: int
+    dev: int
+    oid: ObjectId
+
+    def same_stat(self, size: int, mtime_ns: int, ctime_ns: int, inode: int) -> bool:
+        """True when the recorded stat data matches, so the content is taken as unchanged."""
+        return (
+            self.size == size
+            and self.mtime_ns == mtime_ns
+            and self.ctime_ns == ctime_ns
+            and self.inode == inode
+        )
+
+
+def encode_index_entry(entry: IndexEntry) -> bytes:
+    """Return the fixed 69-byte encoding of ``entry``."""
+    return _INDEX_FORMAT.pack(
+        _INDEX_VERSION,
+        int(entry.kind),
+        entry.mode,
+        entry.size,
+        entry.mtime_ns,
+        entry.ctime_ns,
+        entry.inode,
+        entry.dev,
+        entry.oid,
+    )
+
+
+def decode_index_entry(data: bytes | memoryview) -> IndexEntry:
+    """Decode an index entry.
+
+    Raises:
+        ValueError: wrong length or unknown version.
+    """
+    if len(data) != _INDEX_FORMAT.size:
+        raise ValueError(f"index entry has {len(data)} bytes, expected {_INDEX_FORMAT.size}")
+    version, kind, mode, size, mtime, ctime, ino, dev, oid = _INDEX_FORMAT.unpack(data)
+    if version != _INDEX_VERSION:
+        raise ValueError(f"unsupported index entry version {version}")
+    return IndexEntry(EntryKind(kind), mode, size, mtime, ctime, ino, dev, ObjectId(oid))

@@ -1,0 +1,1 @@
+"""Porcelain operations: take a Repository, return result objects, never print."""

@@ -1,0 +1,381 @@
+"""The hot path of `dits add`: read files, cut them into chunks, hash, store; build manifests.
+
+Theory of operation
+-------------------
+A file is read in windows into buffers taken from a fixed pool (so memory stays bounded, a
+10 GiB file costs the same as a 100 MiB one). Each window starts at the previous window's last
+cut: the uncut tail is carried over, so the Chunker always sees whole chunks. Per window, four
+stages overlap on separate threads, each in compiled code that releases the GIL:
+
+    main thread      read (readinto) + FastCDC cut points
+    chunk hasher     BLAKE3 of every chunk (the chunk ids)
+    file hasher      BLAKE3 of the whole file, in order
+    store writer     batches chunks into LMDB write transactions (skips ids already stored)
+
+A buffer returns to the pool only when the file hasher and the writer are done with it. Files
+that change while being read (size or mtime differ before and after) are read again, up to
+``max_reads`` times, then refused with FileChangedError. Whatever a failed read stored is just
+unreferenced chunks that `gc` drops; nothing references them.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import blake3
+
+from dits.core.chunking import Chunker, ChunkingProfile, choose_profile
+from dits.core.ids import ObjectId
+from dits.core.objects import ChunkRef, Manifest
+from dits.errors import DitsError, EXIT_IO, StorageFullError
+from dits.store.base import BlobStore
+
+__all__ = ["FileChangedError", "IngestStats", "Ingestor", "UnreadableFileError"]
+
+WINDOW_SIZE = 16 << 20
+SMALL_FILE = 4 << 20  # read whole, hashed inline: thread hand-offs cost more than they save
+BATCH_BYTES = 32 << 20
+POOL_BUFFERS = 8
+
+
+class FileChangedError(DitsError):
+    """A file kept changing while it was being read."""
+
+    exit_code = EXIT_IO
+
+
+class UnreadableFileError(DitsError):
+    """A file could not be opened or read."""
+
+    exit_code = EXIT_IO
+
+
+@dataclass
+class IngestStats:
+    """Figures for reports: what was read and what was new to the store."""
+
+    files: int = 0
+    bytes_read: int = 0
+    chunks: int = 0
+    new_chunks: int = 0
+    new_bytes: int = 0
+    reread_files: list[str] = field(default_factory=list)
+
+
+class _Writer:
+    """Single writer thread: groups chunk batches into LMDB transactions, releases buffers."""
+
+    def __init__(
+        self, store: BlobStore | None, stats: IngestStats, batch_bytes: int, max_held: int
+    ) -> None:
+        self.store = store
+        self.max_held = max_held
+        self.stats = stats
+        self.batch_bytes = batch_bytes
+        self.pending: list[tuple[ObjectId, memoryview]] = []
+        self.pending_bytes = 0
+        self.releases: list[Callable[[], None]] = []
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix="dits-writer")
+        self.error: BaseException | None = None
+        self._last: Future[None] | None = None
+
+    def submit(
+        self,
+        ids: Future[list[ObjectId]],
+        views: list[memoryview],
+        release: Callable[[], None] | None,
+    ) -> None:
+        self._last = self.executor.submit(self._add, ids, views, release)
+
+    def _add(
+        self,
+        ids_future: Future[list[ObjectId]],
+        views: list[memoryview],
+        release: Callable[[], None] | None,
+    ) -> None:
+        if release is not None:
+            self.releases.append(release)
+        try:
+            ids = ids_future.result()
+        except BaseException as exc:
+            self.error = self.error or exc
+        if self.error is None:
+            self.pending.extend(zip(ids, views, strict=True))
+            self.pending_bytes += sum(len(v) for v in views)
+        # Buffers held by the batch come from a small pool: commit before the pool runs dry.
+        if self.pending_bytes >= self.batch_bytes or len(self.releases) >= self.max_held:
+            self._commit()
+
+    def _commit(self) -> None:
+        try:
+            if self.pending and self.error is None and self.store is not None:
+                unique: dict[ObjectId, memoryview] = {}
+                for oid, view in self.pending:
+                    unique.setdefault(oid, view)
+                present = self.store.has_many(unique)
+                new = [(oid, v) for oid, v in unique.items() if oid not in present]
+                if new:
+                    self.store.put_many(new)
+                self.stats.new_chunks += len(new)
+                self.stats.new_bytes += sum(len(v) for _, v in new)
+        except BaseException as exc:  # surfaced to the main thread by flush()
+            self.error = exc
+        finally:
+            self.pending.clear()
+            self.pending_bytes = 0
+            for release in self.releases:
+                release()
+            self.releases.clear()
+
+    def check(self) -> None:
+        """Re-raise a store error early, so a full disk stops a long read."""
+        if self.error is not None:
+            self.flush()
+
+    def flush(self) -> None:
+        """Commit everything submitted so far; re-raise a store error in the caller's thread."""
+        self.executor.submit(self._commit).result()
+        if self.error is not None:
+            error, self.error = self.error, None
+            raise error
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=True)
+
+
+class Ingestor:
+    """Turns files into stored chunks and Manifests. Use as a context manager; call `flush`.
+
+    With ``store=None`` nothing is written: the manifests are computed only (status, diff).
+    """
+
+    def __init__(
+        self,
+        store: BlobStore | None,
+        *,
+        profile_for: Callable[[str, int], ChunkingProfile] = choose_profile,
+        window_size: int = WINDOW_SIZE,
+        batch_bytes: int = BATCH_BYTES,
+        pool_buffers: int = POOL_BUFFERS,
+        max_reads: int = 3,
+        on_bytes: Callable[[int], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.profile_for = profile_for
+        self.window_size = window_size
+        self.max_reads = max_reads
+        self.on_bytes = on_bytes
+        self.stats = IngestStats()
+        self._writer = _Writer(store, self.stats, batch_bytes, max(1, pool_buffers // 2))
+        self._hasher = ThreadPoolExecutor(1, thread_name_prefix="dits-chunk-hash")
+        self._file_hasher = ThreadPoolExecutor(1, thread_name_prefix="dits-file-hash")
+        self._pool_size = pool_buffers
+        self._pool: queue.Queue[bytearray] = queue.Queue()
+        self._pool_made = 0
+        self._pool_lock = threading.Lock()
+
+    def __enter__(self) -> Ingestor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop the worker threads (pending writes are flushed first)."""
+        try:
+            self._writer.flush()
+        finally:
+            self._writer.close()
+            self._hasher.shutdown(wait=True)
+            self._file_hasher.shutdown(wait=True)
+
+    def flush(self) -> None:
+        """Make every chunk ingested so far durable-in-order (committed to the store)."""
+        self._writer.flush()
+
+    # -- buffers ------------------------------------------------------------------------
+    def _take_buffer(self, size: int) -> bytearray:
+        with self._pool_lock:
+            if self._pool.empty() and self._pool_made < self._pool_size:
+                self._pool_made += 1
+                return bytearray(size)
+        buf = self._pool.get()
+        if len(buf) < size:
+            buf = bytearray(size)
+        return buf
+
+    def _give_back(self, buf: bytearray) -> Callable[[], None]:
+        pending = [2]  # file hasher + writer
+        lock = threading.Lock()
+
+        def release() -> None:
+            with lock:
+                pending[0] -= 1
+                done = pending[0] == 0
+            if done:
+                self._pool.put(buf)
+
+        return release
+
+    # -- files --------------------------------------------------------------------------
+    def ingest_file(self, path: Path, name: str, size_hint: int) -> tuple[Manifest, os.stat_result]:
+        """Chunk, hash and store one regular file; return its manifest and the stat it matches.
+
+        The returned stat was taken after reading, and equals the one taken before, so an
+        index entry built from it describes exactly the bytes in the manifest.
+
+        Raises:
+            UnreadableFileError: the file cannot be opened or read.
+            FileChangedError: the file changed during every one of ``max_reads`` attempts.
+            StorageFullError: the store ran out of space.
+        """
+        for attempt in range(self.max_reads):
+            try:
+                result = self._read_once(path, name, size_hint)
+            except PermissionError:
+                raise UnreadableFileError(f"{name}: permission denied") from None
+            except IsADirectoryError:
+                raise UnreadableFileError(f"{name}: is a directory") from None
+            except FileNotFoundError:
+                raise UnreadableFileError(f"{name}: vanished while being added") from None
+            except OSError as exc:
+                if exc.errno == 28:
+                    raise StorageFullError(f"no space left on device while adding {name}") from None
+                raise UnreadableFileError(f"{name}: cannot read ({exc.strerror})") from None
+            if result is not None:
+                if attempt:
+                    self.stats.reread_files.append(name)
+                return result
+        raise FileChangedError(
+            f"{name} kept changing while being read ({self.max_reads} attempts); "
+            "add it again once it is written completely"
+        )
+
+    def _read_once(
+        self, path: Path, name: str, size_hint: int
+    ) -> tuple[Manifest, os.stat_result] | None:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        try:
+            before = os.fstat(fd)
+            profile = self.profile_for(name, before.st_size)
+            if before.st_size <= SMALL_FILE:
+                return self._read_small(fd, before, profile)
+            chunker = Chunker(profile)
+            file_hasher = blake3.blake3()
+            id_futures: list[Future[list[ObjectId]]] = []
+            sizes: list[int] = []
+            hash_done: Future[None] | None = None
+            carry = b""
+            window_start = 0
+            read_total = 0
+            capacity = self.window_size + chunker.lookahead
+            eof = False
+            while not eof:
+                self._writer.check()
+                buf = self._take_buffer(capacity)
+                view = memoryview(buf)
+                n_carry = len(carry)
+                view[:n_carry] = carry
+                filled = n_carry
+                while filled < capacity:
+                    got = os.readv(fd, [view[filled:]])
+                    if got == 0:
+                        eof = True
+                        break
+                    filled += got
+                read_total += filled - n_carry
+                window = view[:filled]
+                cut_ends = chunker.cuts(window, window_start, eof)
+                starts = [window_start, *cut_ends[:-1]]
+                chunk_views = [
+                    window[s - window_start : e - window_start]
+                    for s, e in zip(starts, cut_ends, strict=True)
+                ]
+                sizes.extend(len(v) for v in chunk_views)
+                consumed = (cut_ends[-1] - window_start) if cut_ends else 0
+                release = self._give_back(buf)
+                hash_done = self._file_hasher.submit(_update_then, file_hasher, window[:consumed], release)
+                ids = self._hasher.submit(_hash_all, chunk_views)
+                id_futures.append(ids)
+                self._writer.submit(ids, chunk_views, release)
+                carry = bytes(window[consumed:filled])
+                window_start += consumed
+                if self.on_bytes is not None:
+                    self.on_bytes(filled - n_carry)
+            if hash_done is not None:
+                hash_done.result()
+            after = os.fstat(fd)
+        finally:
+            os.close(fd)
+        ids_all = [oid for fut in id_futures for oid in fut.result()]
+        return self._finish(profile, before, after, read_total, file_hasher, ids_all, sizes)
+
+    def _read_small(
+        self, fd: int, before: os.stat_result, profile: ChunkingProfile
+    ) -> tuple[Manifest, os.stat_result] | None:
+        # One byte more than expected tells a file that grew since fstat.
+        buf = bytearray(before.st_size + 1)
+        view = memoryview(buf)
+        filled = 0
+        while filled < len(buf):
+            got = os.readv(fd, [view[filled:]])
+            if got == 0:
+                break
+            filled += got
+        after = os.fstat(fd)
+        data = view[:filled]
+        cut_ends = Chunker(profile).cuts(data, 0, True)
+        starts = [0, *cut_ends[:-1]]
+        chunk_views = [data[s:e] for s, e in zip(starts, cut_ends, strict=True)]
+        ids = _hash_all(chunk_views)
+        done: Future[list[ObjectId]] = Future()
+        done.set_result(ids)
+        self._writer.submit(done, chunk_views, None)
+        if self.on_bytes is not None:
+            self.on_bytes(filled)
+        hasher = blake3.blake3(data)
+        return self._finish(profile, before, after, filled, hasher, ids, [len(v) for v in chunk_views])
+
+    def _finish(
+        self,
+        profile: ChunkingProfile,
+        before: os.stat_result,
+        after: os.stat_result,
+        read_total: int,
+        file_hasher: blake3.blake3,
+        ids: list[ObjectId],
+        sizes: list[int],
+    ) -> tuple[Manifest, os.stat_result] | None:
+        if (
+            after.st_size != before.st_size
+            or after.st_mtime_ns != before.st_mtime_ns
+            or read_total != before.st_size
+        ):
+            return None
+        manifest = Manifest(
+            profile.name,
+            read_total,
+            ObjectId(file_hasher.digest()),
+            tuple(ChunkRef(i, s) for i, s in zip(ids, sizes, strict=True)),
+        )
+        self.stats.files += 1
+        self.stats.bytes_read += read_total
+        self.stats.chunks += len(sizes)
+        return manifest, after
+
+
+def _hash_all(views: list[memoryview]) -> list[ObjectId]:
+    return [ObjectId(blake3.blake3(v).digest()) for v in views]
+
+
+def _update_then(hasher: blake3.blake3, data: memoryview, release: Callable[[], None]) -> None:
+    try:
+        hasher.update(data)
+    finally:
+        release()

@@ -1,0 +1,1 @@
+"""dits-remote: the self-hosted server (arrives with the remote issue)."""
