@@ -1,0 +1,157 @@
+"""The command line, in-process and as a subprocess: output, --json, exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from tests.conftest import DitsRunner, random_bytes
+
+
+def test_full_flow(dits_any: DitsRunner) -> None:
+    d = dits_any
+    code, out, _ = d("init")
+    assert code == 0 and "Initialized empty dits repository" in out
+    (d.cwd / "media").mkdir()
+    (d.cwd / "media" / "clip.mov").write_bytes(random_bytes(2 << 20, 1))
+    (d.cwd / "notes.txt").write_text("hello\n")
+    code, out, _ = d("status", "--json")
+    assert code == 0
+    assert json.loads(out)["untracked"] == ["media/clip.mov", "notes.txt"]
+    code, out, _ = d("add", ".", "--json")
+    report = json.loads(out)
+    assert code == 0 and report["added"] == ["media/clip.mov", "notes.txt"]
+    assert report["bytes_read"] == (2 << 20) + 6
+    code, out, _ = d("commit", "-m", "first cut", "--json")
+    assert code == 0
+    first = json.loads(out)["commit"]
+    code, out, _ = d("log", "--oneline")
+    assert out.strip() == f"{first[:12]} first cut"
+    code, out, _ = d("log", "--json")
+    (entry,) = json.loads(out)
+    assert entry["author"] == {"name": "Git Fallback", "email": "git@example.com"}
+    code, out, _ = d("show", "--json")
+    assert json.loads(out)["diff"]["files_changed"] == 2
+    code, out, _ = d("status")
+    assert "nothing to commit, working tree clean" in out
+
+
+def test_not_a_repository_is_one_line_and_exit_3(dits_any: DitsRunner) -> None:
+    code, out, err = dits_any("status")
+    assert code == 3
+    assert err.count("\n") == 1 and err.startswith("dits: error: not a dits repository")
+    assert "Traceback" not in err
+
+
+def test_debug_shows_traceback(dits: DitsRunner) -> None:
+    code, _, err = dits("--debug", "status")
+    assert code == 3 and "Traceback" in err
+
+
+def test_usage_errors_and_paths_outside(dits_any: DitsRunner, tmp_path: object) -> None:
+    d = dits_any
+    d("init")
+    code, _, err = d("add", "../outside.mov")
+    assert code == 2 and "outside the repository" in err
+    code, _, err = d("add", ".dits/config")
+    assert code == 2 and ".dits" in err
+    code, _, err = d("add", "missing.mov")
+    assert code == 2 and "did not match any files" in err
+    code, _, err = d("commit", "-m", "x")
+    assert code == 2 and "nothing to commit" in err
+    code, _, err = d("switch", "nope")
+    assert code == 2 and "no branch named 'nope'" in err
+
+
+def test_diff_stat_reports_reuse(dits: DitsRunner) -> None:
+    d = dits
+    d("init")
+    data = random_bytes(6 << 20, 4)
+    (d.cwd / "v.mov").write_bytes(data)
+    d("add", ".")
+    d("commit", "-m", "v1")
+    (d.cwd / "v.mov").write_bytes(data[:3_000_000] + b"edit" + data[3_000_000:])
+    code, out, _ = d("diff", "--json")
+    assert code == 0
+    report = json.loads(out)
+    (f,) = report["files"]
+    assert f["path"] == "v.mov" and f["chunks"] - f["chunks_reused"] <= 2
+    code, out, _ = d("diff", "--stat")
+    assert "v.mov" in out and "chunks reused" in out
+    d("add", ".")
+    code, out, _ = d("diff", "--cached", "--json")
+    assert json.loads(out)["files"][0]["status"] == "modified"
+
+
+def test_config_get_set_list(dits_any: DitsRunner) -> None:
+    d = dits_any
+    d("init")
+    assert d("config", "set", "user.name", "Ada")[0] == 0
+    assert d("config", "user.email", "ada@example.com")[0] == 0
+    assert d("config", "speculative.max_bandwidth", "20")[0] == 0
+    assert d("config", "set", 'remote.origin.url', "dits://127.0.0.1:4433/p")[0] == 0
+    code, out, _ = d("config", "get", "user.name")
+    assert out.strip() == "Ada"
+    code, out, _ = d("config", "list", "--json")
+    data = json.loads(out)["set"]
+    assert data["speculative.max_bandwidth"] == 20
+    assert data["remote.origin.url"] == "dits://127.0.0.1:4433/p"
+    code, _, err = d("config", "get", "nosuch.key")
+    assert code == 2
+    code, _, err = d("config", "get", "nodot")
+    assert code == 2 and "section.name" in err
+    # The identity set in dits config wins over git's.
+    (d.cwd / "f").write_text("x")
+    d("add", "f")
+    d("commit", "-m", "c")
+    code, out, _ = d("log", "--json")
+    assert json.loads(out)[0]["author"]["name"] == "Ada"
+
+
+def test_missing_identity_is_a_clear_error(dits: DitsRunner) -> None:
+    os.unlink(os.path.join(os.environ["HOME"], ".gitconfig"))
+    dits("init")
+    (dits.cwd / "f").write_text("x")
+    dits("add", "f")
+    code, _, err = dits("commit", "-m", "c")
+    assert code == 2 and "user.name" in err
+
+
+def test_branch_switch_checkout(dits_any: DitsRunner) -> None:
+    d = dits_any
+    d("init")
+    (d.cwd / "a.txt").write_text("1")
+    d("add", ".")
+    d("commit", "-m", "c1")
+    assert d("branch", "topic")[0] == 0
+    code, out, _ = d("branch", "--json")
+    assert set(json.loads(out)["branches"]) == {"main", "topic"}
+    assert d("checkout", "topic")[0] == 0
+    (d.cwd / "a.txt").write_text("2")
+    d("add", ".")
+    d("commit", "-m", "c2")
+    assert d("switch", "main")[0] == 0
+    assert (d.cwd / "a.txt").read_text() == "1"
+    (d.cwd / "a.txt").write_text("dirty")
+    code, _, err = d("switch", "topic")
+    assert code == 4 and "would overwrite uncommitted changes in: a.txt" in err
+    assert d("checkout", "--", "a.txt")[0] == 0
+    assert (d.cwd / "a.txt").read_text() == "1"
+
+
+def test_fsck_and_gc_commands(dits: DitsRunner) -> None:
+    dits("init")
+    (dits.cwd / "a.bin").write_bytes(random_bytes(200_000, 1))
+    dits("add", ".")
+    dits("commit", "-m", "c")
+    code, out, _ = dits("fsck", "--json")
+    assert code == 0 and json.loads(out)["clean"] is True
+    code, out, _ = dits("gc", "--json")
+    assert code == 0 and json.loads(out) == {"objects_removed": 0, "chunks_removed": 0}
+
+
+def test_quiet_prints_nothing(dits: DitsRunner) -> None:
+    dits("init")
+    (dits.cwd / "a").write_text("x")
+    code, out, _ = dits("-q", "add", "a")
+    assert code == 0 and out == ""

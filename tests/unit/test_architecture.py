@@ -1,0 +1,38 @@
+"""Layering rules (STYLE.md): the core does no I/O; dits never imports remote; no lmdb above store."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+IO_MODULES = {"os", "io", "socket", "subprocess", "pathlib", "shutil", "time", "lmdb", "boto3", "asyncio", "tempfile", "mmap"}
+
+
+def imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+    return names
+
+
+def test_core_does_no_io() -> None:
+    for path in (ROOT / "dits" / "core").glob("*.py"):
+        bad = {n for n in imports(path) if n.split(".")[0] in IO_MODULES}
+        assert not bad, f"{path.name} imports {bad}"
+
+
+def test_dits_never_imports_remote() -> None:
+    for path in (ROOT / "dits").rglob("*.py"):
+        assert not any(n.split(".")[0] == "remote" for n in imports(path)), path
+
+
+def test_lmdb_only_inside_store() -> None:
+    for path in (ROOT / "dits").rglob("*.py"):
+        if "store" in path.parts:
+            continue
+        assert "lmdb" not in {n.split(".")[0] for n in imports(path)}, path
