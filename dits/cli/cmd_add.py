@@ -77,5 +77,3 @@ def mv_cmd(ctx: Ctx, source: str, dest: str) -> None:
         for old, new in result.moved:
             say(ctx, f"renamed '{old}' -> '{new}'")
 
-
-COMMANDS = [add_cmd, rm_cmd, mv_cmd]

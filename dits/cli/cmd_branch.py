@@ -110,5 +110,3 @@ def restore_cmd(
         )
     say(ctx, f"Restored {len(result.written) + len(result.removed)} path(s)")
 
-
-COMMANDS = [branch_cmd, switch_cmd, checkout_cmd, restore_cmd]

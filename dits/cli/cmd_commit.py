@@ -58,5 +58,3 @@ def commit_cmd(ctx: Ctx, message: str, allow_empty: bool, no_verify: bool, as_js
         say(ctx, f"[{result.branch}{root} {result.oid.hex()[:12]}] {first_line}")
         say(ctx, f" {result.files_changed} file(s) changed")
 
-
-COMMANDS = [commit_cmd]

@@ -62,5 +62,3 @@ def config_cmd(ctx: Ctx, args: tuple[str, ...], as_json: bool) -> None:
             if not cfg.unset(key):
                 raise UsageError(f"config key {key} is not set")
 
-
-COMMANDS = [config_cmd]

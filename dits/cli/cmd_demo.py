@@ -8,7 +8,6 @@ second commit had to store versus what it reused.
 
 from __future__ import annotations
 
-import os
 import random
 import struct
 import tempfile
@@ -148,7 +147,4 @@ def demo_cmd(ctx: Ctx, directory: Path | None, size_mb: int, as_json: bool) -> N
         )
     if as_json:
         emit_json(figures)
-    del os
 
-
-COMMANDS = [demo_cmd]

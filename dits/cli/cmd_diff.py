@@ -49,5 +49,3 @@ def diff_cmd(ctx: Ctx, revisions: tuple[str, ...], stat_: bool, cached: bool, as
     total = sum(f.bytes_changed for f in result.files)
     click.echo(f" {len(result.files)} file(s) changed, {human_bytes(total)} of new data")
 
-
-COMMANDS = [diff_cmd]

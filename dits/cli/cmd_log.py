@@ -68,5 +68,3 @@ def show_cmd(ctx: Ctx, revision: str, as_json: bool) -> None:
     for f in diff.files:
         click.echo(f" {f.path} | {f.status} {human_bytes(f.bytes_changed)} changed")
 
-
-COMMANDS = [log_cmd, show_cmd]

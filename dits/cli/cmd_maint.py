@@ -49,5 +49,3 @@ def gc_cmd(ctx: Ctx, as_json: bool) -> None:
     else:
         say(ctx, f"removed {result.objects_removed} objects and {result.chunks_removed} chunks")
 
-
-COMMANDS = [fsck_cmd, gc_cmd]

@@ -57,5 +57,3 @@ def status_cmd(ctx: Ctx, as_json: bool, short: bool) -> None:
     if result.clean:
         click.echo("nothing to commit, working tree clean")
 
-
-COMMANDS = [status_cmd]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import importlib
 import os
 import sys
 import traceback
@@ -20,7 +21,44 @@ Exit codes: 0 ok, 1 error, 2 usage, 3 not a repository, 4 conflict,
 8 refused by a hook, 70 internal error (see docs/exit-codes.md)."""
 
 
-@click.group(epilog=EXIT_CODES_HELP, context_settings={"help_option_names": ["-h", "--help"]})
+# Commands are imported only when invoked: start-up time is most of a `dits status` on a
+# clean tree, and each command module pulls in its own dependencies.
+_COMMANDS = {
+    "init": ("dits.cli.cmd_init", "init_cmd"),
+    "add": ("dits.cli.cmd_add", "add_cmd"),
+    "rm": ("dits.cli.cmd_add", "rm_cmd"),
+    "mv": ("dits.cli.cmd_add", "mv_cmd"),
+    "status": ("dits.cli.cmd_status", "status_cmd"),
+    "commit": ("dits.cli.cmd_commit", "commit_cmd"),
+    "log": ("dits.cli.cmd_log", "log_cmd"),
+    "show": ("dits.cli.cmd_log", "show_cmd"),
+    "diff": ("dits.cli.cmd_diff", "diff_cmd"),
+    "branch": ("dits.cli.cmd_branch", "branch_cmd"),
+    "switch": ("dits.cli.cmd_branch", "switch_cmd"),
+    "checkout": ("dits.cli.cmd_branch", "checkout_cmd"),
+    "restore": ("dits.cli.cmd_branch", "restore_cmd"),
+    "fsck": ("dits.cli.cmd_maint", "fsck_cmd"),
+    "gc": ("dits.cli.cmd_maint", "gc_cmd"),
+    "config": ("dits.cli.cmd_config", "config_cmd"),
+    "demo": ("dits.cli.cmd_demo", "demo_cmd"),
+}
+
+
+class _LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(_COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in _COMMANDS:
+            return None
+        module_name, attr = _COMMANDS[cmd_name]
+        command: click.Command = getattr(importlib.import_module(module_name), attr)
+        return command
+
+
+@click.group(
+    cls=_LazyGroup, epilog=EXIT_CODES_HELP, context_settings={"help_option_names": ["-h", "--help"]}
+)
 @click.option("-C", "cwd", type=click.Path(file_okay=False, path_type=Path), help="Run as if started in DIR.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only errors.")
 @click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
@@ -29,39 +67,6 @@ Exit codes: 0 ok, 1 error, 2 usage, 3 not a repository, 4 conflict,
 def cli(ctx: click.Context, cwd: Path | None, quiet: bool, debug: bool) -> None:
     """dits: version control for video projects."""
     ctx.obj = Ctx(cwd=(cwd or Path.cwd()).absolute(), quiet=quiet, debug=debug)
-
-
-def _register() -> None:
-    from dits.cli import (
-        cmd_add,
-        cmd_branch,
-        cmd_commit,
-        cmd_config,
-        cmd_demo,
-        cmd_diff,
-        cmd_init,
-        cmd_log,
-        cmd_maint,
-        cmd_status,
-    )
-
-    for module in (
-        cmd_init,
-        cmd_add,
-        cmd_status,
-        cmd_commit,
-        cmd_log,
-        cmd_diff,
-        cmd_branch,
-        cmd_maint,
-        cmd_config,
-        cmd_demo,
-    ):
-        for command in module.COMMANDS:
-            cli.add_command(command)
-
-
-_register()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,6 +7,7 @@ by ``dits.core.codec`` and named by the BLAKE3 of that typed encoding.
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from dataclasses import dataclass
 from enum import IntEnum
@@ -83,9 +84,11 @@ class TreeEntry:
 _FORBIDDEN_NAMES = {"", ".", "..", ".dits"}
 
 
-_IGNORABLE = frozenset(
+_IGNORABLE = (
     "\u200c\u200d\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u206a\u206b\u206c\u206d\u206e\u206f\ufeff"
 )
+_UNSAFE_CHAR = re.compile(r"[\x00-\x1f/\\]")
+_HAS_IGNORABLE = re.compile(f"[{_IGNORABLE}]")
 
 
 def validate_entry_name(name: str) -> None:
@@ -95,16 +98,19 @@ def validate_entry_name(name: str) -> None:
         ValueError: empty, ``.``/``..``, ``.dits`` in any case or alias, contains ``/``, ``\\``,
             NUL or control characters, or longer than 255 bytes.
     """
-    if "/" in name or "\\" in name or "\x00" in name:
-        raise ValueError(f"path component {name!r} contains a separator or NUL")
-    if any(ord(ch) < 32 for ch in name):
-        raise ValueError(f"path component {name!r} contains control characters")
-    if len(name.encode("utf-8", "surrogateescape")) > 255:
+    if not name:
+        raise ValueError("empty path component")
+    if _UNSAFE_CHAR.search(name):
+        raise ValueError(f"path component {name!r} contains a separator or control character")
+    if len(name) > 63 and len(name.encode("utf-8", "surrogateescape")) > 255:
         raise ValueError(f"path component {name[:40]!r}... is longer than 255 bytes")
-    # NTFS ignores trailing dots and spaces; HFS+ ignores some zero-width code points.
-    folded = "".join(ch for ch in unicodedata.normalize("NFC", name) if ch not in _IGNORABLE)
-    folded = folded.rstrip(". ").casefold()
-    if name in _FORBIDDEN_NAMES or folded in _FORBIDDEN_NAMES or folded.startswith(".dits:"):
+    # Fast path (status walks every name): only names starting with a dot or space, or holding
+    # code points HFS+ ignores, can fold to a reserved name.
+    if name[0] not in ". " and not _HAS_IGNORABLE.search(name):
+        return
+    # NTFS drops trailing dots and spaces; HFS+ ignores some zero-width code points.
+    folded = _HAS_IGNORABLE.sub("", unicodedata.normalize("NFC", name)).rstrip(". ").casefold()
+    if folded in _FORBIDDEN_NAMES or folded.startswith(".dits:"):
         raise ValueError(f"path component {name!r} is reserved")
 
 

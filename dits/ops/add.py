@@ -83,7 +83,7 @@ def add_paths(
                 found[wf.path] = wf
                 matched = True
             tracked = [p for p in index if _under(p, spec)]
-            if not matched and not tracked:
+            if spec and not matched and not tracked:
                 raise PathspecError(f"pathspec '{spec or '.'}' did not match any files")
         gone = [
             p
