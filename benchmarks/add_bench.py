@@ -92,7 +92,11 @@ def bench_tree(data_dir: Path, files: int) -> dict[str, float]:
     status_runs = [_dits(repo, "status", "--json")[0] for _ in range(3)]
     add_runs = [_dits(repo, "add", ".")[0] for _ in range(3)]
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-c", "import dits.cli.main"], env={**os.environ, "PYTHONPATH": str(REPO_ROOT)}, check=True)
+    subprocess.run(
+        [sys.executable, "-c", "import dits.cli.main"],
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+        check=True,
+    )
     startup = time.perf_counter() - t0
     shutil.rmtree(repo)
     return {
@@ -117,7 +121,11 @@ def bench_insert(data_dir: Path) -> dict[str, float]:
     _, out = _dits(repo, "add", "timeline.mov", "--json")
     report = json.loads(out)
     shutil.rmtree(repo)
-    return {"chunks": report["chunks"], "new_chunks": report["new_chunks"], "new_bytes": report["new_bytes"]}
+    return {
+        "chunks": report["chunks"],
+        "new_chunks": report["new_chunks"],
+        "new_bytes": report["new_bytes"],
+    }
 
 
 def bench_rss(data_dir: Path, size_gib: float) -> dict[str, float]:
@@ -125,7 +133,12 @@ def bench_rss(data_dir: Path, size_gib: float) -> dict[str, float]:
     size = int(size_gib * (1 << 30))
     write_random(repo / "huge.mov", size, b"rss")
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", "dits.cli.main", "add", "huge.mov"], cwd=repo, env=env, stdout=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dits.cli.main", "add", "huge.mov"],
+        cwd=repo,
+        env=env,
+        stdout=subprocess.DEVNULL,
+    )
     peak_kib = 0
     t0 = time.perf_counter()
     while proc.poll() is None:
@@ -141,11 +154,20 @@ def bench_rss(data_dir: Path, size_gib: float) -> dict[str, float]:
     if proc.returncode != 0:
         raise SystemExit("dits add failed in the RSS scenario")
     shutil.rmtree(repo)
-    return {"bytes": size, "peak_rss_mib": peak_kib / 1024, "seconds": seconds, "gb_per_s": size / seconds / 1e9}
+    return {
+        "bytes": size,
+        "peak_rss_mib": peak_kib / 1024,
+        "seconds": seconds,
+        "gb_per_s": size / seconds / 1e9,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks add", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks add",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--data-dir", type=Path, default=Path("/tmp/dits-bench-add"))
     parser.add_argument("--size-gib", type=float, default=4.0)
     parser.add_argument("--rss-gib", type=float, default=10.0)
@@ -168,7 +190,13 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(results, indent=2))
     else:
         for name, figures in results.items():
-            print(f"{name:10} " + "  ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in figures.items()))
+            print(
+                f"{name:10} "
+                + "  ".join(
+                    f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}"
+                    for k, v in figures.items()
+                )
+            )
     return 0
 
 

@@ -200,17 +200,24 @@ class Ingestor:
         self._writer.flush()
 
     # -- buffers ------------------------------------------------------------------------
-    def _take_buffer(self, size: int) -> bytearray:
+    def _take_buffer(self, size: int, stop: threading.Event | None = None) -> bytearray | None:
+        """A buffer from the pool (blocking while all are in flight); None once ``stop`` is set."""
         with self._pool_lock:
             if self._pool.empty() and self._pool_made < self._pool_size:
                 self._pool_made += 1
                 return bytearray(size)
-        buf = self._pool.get()
+        while True:
+            try:
+                buf = self._pool.get(timeout=0.1)
+                break
+            except queue.Empty:
+                if stop is not None and stop.is_set():
+                    return None
         if len(buf) < size:
             buf = bytearray(size)
         return buf
 
-    def _give_back(self, buf: bytearray) -> Callable[[], None]:
+    def _give_back(self, buf: bytearray | None) -> Callable[[], None]:
         pending = [2]  # file hasher + writer
         lock = threading.Lock()
 
@@ -218,7 +225,7 @@ class Ingestor:
             with lock:
                 pending[0] -= 1
                 done = pending[0] == 0
-            if done:
+            if done and buf is not None:
                 self._pool.put(buf)
 
         return release
@@ -274,40 +281,51 @@ class Ingestor:
             carry = b""
             window_start = 0
             read_total = 0
-            capacity = self.window_size + chunker.lookahead
-            eof = False
-            while not eof:
-                self._writer.check()
-                buf = self._take_buffer(capacity)
-                view = memoryview(buf)
-                n_carry = len(carry)
-                view[:n_carry] = carry
-                filled = n_carry
-                while filled < capacity:
-                    got = os.readv(fd, [view[filled:]])
-                    if got == 0:
-                        eof = True
+            # Each buffer keeps `head` bytes free in front, where the previous window's uncut
+            # tail is copied, so the reader can fill the rest before that tail is known.
+            head = 2 * chunker.lookahead
+            reader = _WindowReader(fd, self, head, self.window_size)
+            try:
+                while True:
+                    self._writer.check()
+                    buf, filled, eof = reader.next()
+                    view = memoryview(buf)
+                    n_carry = len(carry)
+                    if n_carry > head:  # cannot happen with a well-behaved chunker; stay correct
+                        bigger = bytearray(n_carry + filled)
+                        bigger[:n_carry] = carry
+                        bigger[n_carry:] = view[head : head + filled]
+                        self._pool.put(buf)
+                        buf, view, start = bigger, memoryview(bigger), 0
+                        release = self._give_back(None)
+                    else:
+                        start = head - n_carry
+                        view[start:head] = carry
+                        release = self._give_back(buf)
+                    read_total += filled
+                    window = view[start : head + filled]
+                    cut_ends = chunker.cuts(window, window_start, eof)
+                    starts = [window_start, *cut_ends[:-1]]
+                    chunk_views = [
+                        window[s - window_start : e - window_start]
+                        for s, e in zip(starts, cut_ends, strict=True)
+                    ]
+                    sizes.extend(len(v) for v in chunk_views)
+                    consumed = (cut_ends[-1] - window_start) if cut_ends else 0
+                    hash_done = self._file_hasher.submit(
+                        _update_then, file_hasher, window[:consumed], release
+                    )
+                    ids = self._hasher.submit(_hash_all, chunk_views)
+                    id_futures.append(ids)
+                    self._writer.submit(ids, chunk_views, release)
+                    carry = bytes(window[consumed:])
+                    window_start += consumed
+                    if self.on_bytes is not None:
+                        self.on_bytes(filled)
+                    if eof:
                         break
-                    filled += got
-                read_total += filled - n_carry
-                window = view[:filled]
-                cut_ends = chunker.cuts(window, window_start, eof)
-                starts = [window_start, *cut_ends[:-1]]
-                chunk_views = [
-                    window[s - window_start : e - window_start]
-                    for s, e in zip(starts, cut_ends, strict=True)
-                ]
-                sizes.extend(len(v) for v in chunk_views)
-                consumed = (cut_ends[-1] - window_start) if cut_ends else 0
-                release = self._give_back(buf)
-                hash_done = self._file_hasher.submit(_update_then, file_hasher, window[:consumed], release)
-                ids = self._hasher.submit(_hash_all, chunk_views)
-                id_futures.append(ids)
-                self._writer.submit(ids, chunk_views, release)
-                carry = bytes(window[consumed:filled])
-                window_start += consumed
-                if self.on_bytes is not None:
-                    self.on_bytes(filled - n_carry)
+            finally:
+                reader.close()
             if hash_done is not None:
                 hash_done.result()
             after = os.fstat(fd)
@@ -368,6 +386,65 @@ class Ingestor:
         self.stats.bytes_read += read_total
         self.stats.chunks += len(sizes)
         return manifest, after
+
+
+class _WindowReader:
+    """Reads a file into pool buffers on its own thread, one window ahead of the cutter.
+
+    ``os.readv`` releases the GIL, so reading overlaps cutting and hashing. The queue is
+    bounded by the pool: the reader blocks when every buffer is in flight.
+    """
+
+    def __init__(self, fd: int, ingestor: Ingestor, head: int, window: int) -> None:
+        self._fd = fd
+        self._ingestor = ingestor
+        self._head = head
+        self._window = window
+        self._queue: queue.Queue[tuple[bytearray, int, bool] | BaseException] = queue.Queue()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="dits-reader", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        head, window = self._head, self._window
+        eof = False
+        while not eof and not self._stop.is_set():
+            buf = self._ingestor._take_buffer(head + window, self._stop)
+            if buf is None:
+                return
+            filled = 0
+            try:
+                with memoryview(buf) as view:
+                    while filled < window:
+                        got = os.readv(self._fd, [view[head + filled : head + window]])
+                        if got == 0:
+                            eof = True
+                            break
+                        filled += got
+            except BaseException as exc:  # handed to the consumer; the buffer goes home
+                self._ingestor._pool.put(buf)
+                self._queue.put(exc)
+                return
+            self._queue.put((buf, filled, eof))
+
+    def next(self) -> tuple[bytearray, int, bool]:
+        """The next (buffer, bytes read after the head room, end of file reached)."""
+        item = self._queue.get()
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def close(self) -> None:
+        """Stop reading and give unconsumed buffers back (before the file is closed)."""
+        self._stop.set()
+        self._thread.join()
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if not isinstance(item, BaseException):
+                self._ingestor._pool.put(item[0])
 
 
 def _hash_all(views: list[memoryview]) -> list[ObjectId]:

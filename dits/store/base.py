@@ -13,6 +13,14 @@ Three small interfaces, each implemented by a dict-backed twin (`memory.py`) and
 Errors: missing keys raise ``ObjectNotFoundError``; bytes that do not hash to their id raise
 ``CorruptObjectError``; a full disk raises ``StorageFullError`` and leaves the store as it was
 before the failing call. Every mutating call is atomic: all of its effects become visible, or none.
+
+Durability: ``BlobStore.put_many`` may return before its bytes reach the disk. The reference
+points, ``RefStore.update_refs``, ``RefStore.set_head``, ``IndexStore.apply`` and
+``IndexStore.replace_all``, are durable when they return, and making them durable flushes every
+earlier write to stores sharing their backing storage (for LMDB, the whole environment).
+Callers therefore write blobs before anything that references them, so a power loss can lose
+only blobs nothing durable points at (for LMDB's caveats see docs/store.md). A crashed or
+killed process loses nothing it committed.
 """
 
 from __future__ import annotations
@@ -50,6 +58,8 @@ class BlobStore(Protocol):
         The caller computed the ids; the store trusts them on write (it is the local hot path)
         and verifies on every read. Idempotent: an id already present is skipped and costs
         nothing. Compression at rest is the backend's choice and invisible to readers.
+        The batch is never split, so keep it reasonable (about 64 MiB). Not durable by itself:
+        see the module docstring.
 
         Raises:
             StorageFullError: the disk is full; none of the items became visible.

@@ -184,3 +184,22 @@ def test_unreadable_file_is_reported_and_the_rest_added(tmp_path: Path) -> None:
     assert "Traceback" not in proc.stderr
     with Repository.open(root) as repo:
         assert set(repo.index.read_all()) == {"ok.mov"}
+
+
+def test_second_writer_gets_locked_error_naming_the_holder(tmp_path: Path) -> None:
+    from dits.store.lock import RepoLock
+
+    root = tmp_path / "w"
+    root.mkdir()
+    Repository.init(root).close()
+    (root / "a.mov").write_bytes(b"x")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    with RepoLock(root / ".dits" / "lock").acquire(purpose="dits add"):
+        proc = subprocess.run(_cli("add", "."), cwd=root, env=env, capture_output=True, text=True, check=False)
+        assert proc.returncode == 6
+        assert f"pid {os.getpid()}" in proc.stderr and "dits add" in proc.stderr
+        # Readers are never blocked by the writer lock.
+        st = subprocess.run(_cli("status", "--json"), cwd=root, env=env, capture_output=True, text=True, check=False)
+        assert st.returncode == 0
+    proc = subprocess.run(_cli("add", "."), cwd=root, env=env, capture_output=True, text=True, check=False)
+    assert proc.returncode == 0

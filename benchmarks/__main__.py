@@ -1,0 +1,30 @@
+"""Dispatcher: ``python -m benchmarks NAME [ARGS...]`` runs ``main(ARGS)`` of that benchmark.
+
+Add a benchmark by adding its module to :data:`BENCHMARKS`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+BENCHMARKS: dict[str, str] = {
+    "chunking": "benchmarks.chunking_bench",
+}
+"""Benchmark name -> module path; the module defines ``main(argv: list[str] | None) -> int``."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark named by the first argument with the remaining arguments."""
+    args = sys.argv[1:] if argv is None else argv
+    if not args or args[0] not in BENCHMARKS:
+        names = ", ".join(sorted(BENCHMARKS))
+        print(f"usage: python -m benchmarks NAME [ARGS...]   (NAME: {names})", file=sys.stderr)
+        return 2
+    module = importlib.import_module(BENCHMARKS[args[0]])
+    result: int = module.main(args[1:])
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())
