@@ -10,6 +10,7 @@ import sys
 
 BENCHMARKS: dict[str, str] = {
     "chunking": "benchmarks.chunking_bench",
+    "add": "benchmarks.add_bench",
 }
 """Benchmark name -> module path; the module defines ``main(argv: list[str] | None) -> int``."""
 

@@ -223,9 +223,7 @@ class Repository:
         if base in ("HEAD", "@", ""):
             head = self.head_commit()
             if head is None:
-                raise UnknownRevisionError(
-                    f"HEAD ({self.current_branch()}) has no commits yet"
-                )
+                raise UnknownRevisionError(f"HEAD ({self.current_branch()}) has no commits yet")
             return head
         for name in (base, HEADS + base):
             found = self.refs.get_ref(name)
@@ -267,4 +265,3 @@ def validate_branch_name(name: str) -> None:
         or any(part.startswith(".") for part in name.split("/"))
     ):
         raise UsageError(f"'{name}' is not a valid branch name")
-

@@ -165,7 +165,9 @@ class Worktree:
             return
         yield from self._walk_dir(start, stack, errors)
 
-    def _walk_dir(self, rel_dir: str, stack: _IgnoreStack, errors: list[str] | None) -> Iterator[WorkFile]:
+    def _walk_dir(
+        self, rel_dir: str, stack: _IgnoreStack, errors: list[str] | None
+    ) -> Iterator[WorkFile]:
         pushed = stack.push_dir(self.root, rel_dir) if rel_dir else False
         try:
             try:
@@ -194,9 +196,10 @@ class Worktree:
                 if stat.S_ISDIR(st.st_mode):
                     if not stack.is_ignored(rel, True):
                         yield from self._walk_dir(rel, stack, errors)
-                elif stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode):
-                    if not stack.is_ignored(rel, False):
-                        yield WorkFile.from_stat(rel, st)
+                elif (
+                    stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode)
+                ) and not stack.is_ignored(rel, False):
+                    yield WorkFile.from_stat(rel, st)
         finally:
             if pushed:
                 stack.pop_dir()

@@ -76,4 +76,3 @@ def mv_cmd(ctx: Ctx, source: str, dest: str) -> None:
         )
         for old, new in result.moved:
             say(ctx, f"renamed '{old}' -> '{new}'")
-

@@ -25,7 +25,9 @@ def branch_cmd(
             current = repo.current_branch()
             branches = repo.branches()
             if as_json:
-                emit_json({"current": current, "branches": {k: v.hex() for k, v in branches.items()}})
+                emit_json(
+                    {"current": current, "branches": {k: v.hex() for k, v in branches.items()}}
+                )
                 return
             for b in sorted(set(branches) | {current}):
                 tip = branches.get(b)
@@ -41,9 +43,13 @@ def branch_cmd(
 
 
 def _do_switch(ctx: Ctx, branch: str, create: bool, force: bool, as_json: bool) -> None:
-    with open_repo(ctx) as repo:
-        with progress(ctx, "checking out", json_mode=as_json) as (set_total, advance):
-            result = switch(repo, branch, create=create, force=force, on_plan=set_total, on_bytes=advance)
+    with (
+        open_repo(ctx) as repo,
+        progress(ctx, "checking out", json_mode=as_json) as (set_total, advance),
+    ):
+        result = switch(
+            repo, branch, create=create, force=force, on_plan=set_total, on_bytes=advance
+        )
     if as_json:
         emit_json(result.to_json())
     else:
@@ -105,8 +111,5 @@ def restore_cmd(
     """Restore working files from the index, or unstage with --staged."""
     with open_repo(ctx) as repo:
         specs = [repo.worktree.repo_path(p, ctx.cwd) for p in paths]
-        result = restore(
-            repo, specs, source=source, staged=staged, worktree=worktree or not staged
-        )
+        result = restore(repo, specs, source=source, staged=staged, worktree=worktree or not staged)
     say(ctx, f"Restored {len(result.written) + len(result.removed)} path(s)")
-

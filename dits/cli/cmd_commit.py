@@ -57,4 +57,3 @@ def commit_cmd(ctx: Ctx, message: str, allow_empty: bool, no_verify: bool, as_js
         first_line = message.strip().splitlines()[0]
         say(ctx, f"[{result.branch}{root} {result.oid.hex()[:12]}] {first_line}")
         say(ctx, f" {result.files_changed} file(s) changed")
-

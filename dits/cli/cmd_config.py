@@ -61,4 +61,3 @@ def config_cmd(ctx: Ctx, args: tuple[str, ...], as_json: bool) -> None:
         else:
             if not cfg.unset(key):
                 raise UsageError(f"config key {key} is not set")
-

@@ -47,14 +47,18 @@ def make_project(root: Path, video_mb: int) -> None:
     media.mkdir(parents=True, exist_ok=True)
     mdat = b"".join(frames)
     (media / "timeline_export.mov").write_bytes(
-        _box(b"ftyp", b"qt  \x00\x00\x02\x00qt  ") + _box(b"mdat", mdat) + _box(b"moov", b"\x00" * 4096)
+        _box(b"ftyp", b"qt  \x00\x00\x02\x00qt  ")
+        + _box(b"mdat", mdat)
+        + _box(b"moov", b"\x00" * 4096)
     )
     seq = media / "grade"
     seq.mkdir(exist_ok=True)
     for i in range(24):
         (seq / f"frame_{i:04d}.dpx").write_bytes(random.Random(1000 + i).randbytes(512 << 10))
     (root / "project.prproj").write_text(
-        "<Project>\n" + "".join(f'  <Clip id="{i}" in="{i * 24}" out="{i * 24 + 48}"/>\n' for i in range(2000)) + "</Project>\n"
+        "<Project>\n"
+        + "".join(f'  <Clip id="{i}" in="{i * 24}" out="{i * 24 + 48}"/>\n' for i in range(2000))
+        + "</Project>\n"
     )
 
 
@@ -89,13 +93,15 @@ def demo_cmd(ctx: Ctx, directory: Path | None, size_mb: int, as_json: bool) -> N
         raise click.UsageError(f"{root} is not empty; give an empty or new folder")
     say(ctx, f"sample project in {root}")
     make_project(root, size_mb)
-    identity = {"name": "Demo Editor", "email": "editor@example.com", "tz_offset_min": 0}
+    name, email = "Demo Editor", "editor@example.com"
     figures: dict[str, object] = {"directory": str(root)}
     with Repository.init(root) as repo:
         t0 = time.perf_counter()
         first = add_paths(repo, [""])
         t1 = time.perf_counter()
-        c1 = commit(repo, "First cut", now=int(time.time()), **identity)  # type: ignore[arg-type]
+        c1 = commit(
+            repo, "First cut", now=int(time.time()), tz_offset_min=0, name=name, email=email
+        )
         say(
             ctx,
             f"commit 1 {c1.oid.hex()[:12]}: {len(first.added)} files, "
@@ -106,7 +112,8 @@ def demo_cmd(ctx: Ctx, directory: Path | None, size_mb: int, as_json: bool) -> N
         t2 = time.perf_counter()
         second = add_paths(repo, [""])
         t3 = time.perf_counter()
-        c2 = commit(repo, "Re-rendered the middle, regraded a frame", now=int(time.time()), **identity)  # type: ignore[arg-type]
+        message = "Re-rendered the middle, regraded a frame"
+        c2 = commit(repo, message, now=int(time.time()), tz_offset_min=0, name=name, email=email)
         diff = diff_snapshots(repo, c1.oid.hex(), c2.oid.hex())
         total = sum(f.new_size for f in diff.files)
         changed = sum(f.bytes_changed for f in diff.files)
@@ -123,7 +130,11 @@ def demo_cmd(ctx: Ctx, directory: Path | None, size_mb: int, as_json: bool) -> N
             f"({100 * (1 - changed / max(total, 1)):.1f}% reused), in {t3 - t2:.2f} s",
         )
         check = fsck(repo)
-        say(ctx, f"fsck: {'clean' if check.clean else 'PROBLEMS'} ({check.chunks_checked} chunks verified)")
+        say(
+            ctx,
+            f"fsck: {'clean' if check.clean else 'PROBLEMS'} "
+            f"({check.chunks_checked} chunks verified)",
+        )
         stats = repo.chunks.stats()
         figures.update(
             {
@@ -147,4 +158,3 @@ def demo_cmd(ctx: Ctx, directory: Path | None, size_mb: int, as_json: bool) -> N
         )
     if as_json:
         emit_json(figures)
-

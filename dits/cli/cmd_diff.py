@@ -14,7 +14,9 @@ from dits.ops.diff import diff_snapshots
 @click.option("--cached", "--staged", "cached", is_flag=True, help="Compare the index with HEAD.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @pass_ctx
-def diff_cmd(ctx: Ctx, revisions: tuple[str, ...], stat_: bool, cached: bool, as_json: bool) -> None:
+def diff_cmd(
+    ctx: Ctx, revisions: tuple[str, ...], stat_: bool, cached: bool, as_json: bool
+) -> None:
     """Per file: bytes changed and chunks reused.
 
     \b
@@ -44,8 +46,8 @@ def diff_cmd(ctx: Ctx, revisions: tuple[str, ...], stat_: bool, cached: bool, as
     for f in result.files:
         reuse = f"{f.chunks_reused}/{f.chunks} chunks reused" if f.chunks else ""
         click.echo(
-            f" {f.path.ljust(width)} | {f.status:8} {human_bytes(f.bytes_changed):>10} changed  {reuse}"
+            f" {f.path.ljust(width)} | {f.status:8} "
+            f"{human_bytes(f.bytes_changed):>10} changed  {reuse}"
         )
     total = sum(f.bytes_changed for f in result.files)
     click.echo(f" {len(result.files)} file(s) changed, {human_bytes(total)} of new data")
-

@@ -20,4 +20,3 @@ def init_cmd(ctx: Ctx, directory: Path | None, initial_branch: str) -> None:
     root.mkdir(parents=True, exist_ok=True)
     with Repository.init(root.resolve(), branch=initial_branch) as repo:
         say(ctx, f"Initialized empty dits repository in {repo.dits_dir}")
-

@@ -67,4 +67,3 @@ def show_cmd(ctx: Ctx, revision: str, as_json: bool) -> None:
     _print_commit(oid.hex(), commit, False)
     for f in diff.files:
         click.echo(f" {f.path} | {f.status} {human_bytes(f.bytes_changed)} changed")
-

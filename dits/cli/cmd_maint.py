@@ -48,4 +48,3 @@ def gc_cmd(ctx: Ctx, as_json: bool) -> None:
         emit_json(result.to_json())
     else:
         say(ctx, f"removed {result.objects_removed} objects and {result.chunks_removed} chunks")
-

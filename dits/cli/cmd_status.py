@@ -56,4 +56,3 @@ def status_cmd(ctx: Ctx, as_json: bool, short: bool) -> None:
         click.echo(f"warning: {line}", err=True)
     if result.clean:
         click.echo("nothing to commit, working tree clean")
-

@@ -59,7 +59,9 @@ class _LazyGroup(click.Group):
 @click.group(
     cls=_LazyGroup, epilog=EXIT_CODES_HELP, context_settings={"help_option_names": ["-h", "--help"]}
 )
-@click.option("-C", "cwd", type=click.Path(file_okay=False, path_type=Path), help="Run as if started in DIR.")
+@click.option(
+    "-C", "cwd", type=click.Path(file_okay=False, path_type=Path), help="Run as if started in DIR."
+)
 @click.option("-q", "--quiet", is_flag=True, help="Print only errors.")
 @click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
 @click.version_option(__version__, prog_name="dits")

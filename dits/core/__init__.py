@@ -1,1 +1,1 @@
-"""Pure core: ids, objects, the canonical codec, chunking and ref rules. No I/O, no clock, no env."""
+"""Pure core: ids, objects, the canonical codec and chunking. No I/O, no clock, no env."""

@@ -43,10 +43,11 @@ Three layers decide the cuts:
    plausible size (8 bytes to 64 MiB). Frame starts are found by one left-to-right scan
    (``re`` over the memoryview, in C) that jumps over each frame's payload, so ProRes
    video is hardly scanned at all and stray ``icpf`` bytes inside a frame are ignored. Each
-   CDC cut is moved to the nearest frame start in ``[s + min_size, s + max_size]`` (kept if
-   there is none), so chunks are whole frames and an edit of a few frames re-stores about
-   those frames. Snapping is gated by the container (a ``qt`` brand or no ``ftyp``; a raw
-   stream starting with a frame) so that other media and random data run at full CDC speed.
+   CDC cut is moved to the nearest frame start in ``[s + min_size, s + max_size]`` (the
+   region end counts as one when in reach; the CDC cut is kept if there is none), so chunks
+   are whole frames and an edit of a few frames re-stores about those frames. Snapping is
+   gated by the container (a ``qt`` brand or no ``ftyp``; a raw stream starting with a
+   frame) so that other media and random data run at full CDC speed.
 
 Streaming and purity rule
 -------------------------
@@ -55,7 +56,9 @@ A chunk starting at ``s`` in a region ending at ``e`` is decided from bytes
 decides every chunk whose bytes are in the window (or everything, at end of file) and keeps
 the rest for the next call, so any split of a file into successive windows yields exactly the
 cuts of one call over the whole file. A window holding :attr:`Chunker.lookahead` bytes past its
-start always decides at least one chunk.
+start always decides at least one chunk. Between calls the Chunker keeps only small state:
+the container walker's next header offset, the hard boundaries found ahead of ``pos``, and
+the frame scanner's position and the frame starts it found ahead of ``pos``.
 
 Profiles are part of the persisted format: every manifest records the profile name, and a
 profile is never changed in place. New parameters get a new name in :data:`PROFILES`; old

@@ -17,17 +17,21 @@ frame that is truncated, followed by trailing bytes, lacks its content size or w
 more than the reader's ``max_size`` (the bound is checked against the frame header *before*
 anything is allocated).
 
-Decision (``encode_stored``): most of what dits stores is already-compressed video, where zstd
-wins nothing and costs ~170 µs per 256 KiB. So a cheap probe decides first: zstd level 1 on a
-1 KiB sample from the middle of the value (the start of a file is often an atypical header).
-Random data measured on this machine: 2.1 µs per 256 KiB chunk for the probe, ~3 % of the
-65 µs BLAKE3 takes on the same chunk (a 4 KiB sample cost 4 µs and decided no better; a 512 B
-sample misjudged data that compresses ~12 %). Negative zstd levels are faster but do not
-entropy-code literals, so they cannot see data that is compressible only by its byte
-distribution (7-bit samples, raw sensor data): level 1 can. If the sample does not shrink to
-``SAMPLE_MAX_RATIO`` of its size the value is stored raw without compressing the whole; otherwise
-the whole value is compressed at ``level`` and kept only if it saves at least 5 %
-(``KEEP_MAX_RATIO``), so a poor ratio never costs a decompression on every read.
+Decision (``encode_stored``, ``compress_if_worthwhile``): most of what dits stores is
+already-compressed video, where zstd wins nothing (and compressing a random 256 KiB chunk costs
+~45 µs even at level 1). So a two-stage probe decides first, with zstd level 1 on samples from
+the middle of the value (the start of a file is often an atypical header). ``SAMPLE_SIZE``
+(512) bytes settle the common cases: zstd finds no gain at all and emits a raw block (compressed
+video, random data: store RAW at once), or the sample shrinks to ``SAMPLE_MAX_RATIO`` (97 %) or
+less (compress). Only a marginal first answer pays for a ``SECOND_SAMPLE_SIZE`` (4 KiB) probe.
+Measured here on random 256 KiB chunks: 2.0-2.6 µs per chunk, of which the zstd call is ~1.6
+µs, against ~63 µs for BLAKE3 on the same chunk (3-4 %; ~2 % of a 100 µs budget). A 256-byte
+sample misjudged 7-bit data (ratio 1.04, no gain seen), a 1 KiB one cost ~2.1 µs and a 4 KiB
+one ~4 µs for the zstd call alone. Negative zstd levels are faster but do not entropy-code
+literals, so they cannot see data that is compressible only by its byte distribution (7-bit
+samples, raw sensor data): level 1 can. The whole value is then compressed at ``level`` and
+kept only if it saves at least 5 % (``KEEP_MAX_RATIO``), so a poor ratio never costs a
+decompression on every read.
 
 zstd compressor and decompressor objects are not thread-safe, and creating them per call would
 cost more than the probe. Each call borrows one set from a free list and returns it afterwards
@@ -209,9 +213,9 @@ def write_raw_stored(data: bytes | bytearray | memoryview, into: bytearray) -> m
     """Write the RAW at-rest form of ``data`` into the reusable buffer ``into``; return a view.
 
     The view is valid until ``into`` is written again. The buffer grows when it is too short,
-    which Python refuses while a view of it is alive: size it for the largest value first. Faulting in
-    a fresh 256 KiB allocation per value cost more than the copy itself (~130 µs vs 7 µs per
-    value measured here), so stores reuse one buffer per batch.
+    which Python refuses while a view of it is alive: size it for the largest value first.
+    Why: a fresh 256 KiB allocation per value (``encode_stored``) measured 80-220 µs here,
+    mostly page faults, against 7-25 µs for the copy into a reused buffer.
     """
     view = _as_bytes_view(data)
     size = len(view) + 1

@@ -85,7 +85,8 @@ _FORBIDDEN_NAMES = {"", ".", "..", ".dits"}
 
 
 _IGNORABLE = (
-    "\u200c\u200d\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u206a\u206b\u206c\u206d\u206e\u206f\ufeff"
+    "\u200c\u200d\u200e\u200f\u202a\u202b\u202c\u202d\u202e"
+    "\u206a\u206b\u206c\u206d\u206e\u206f\ufeff"
 )
 _UNSAFE_CHAR = re.compile(r"[\x00-\x1f/\\]")
 _HAS_IGNORABLE = re.compile(f"[{_IGNORABLE}]")

@@ -14,7 +14,7 @@ from dits.core.ids import ObjectId
 from dits.core.index import EntryKind, IndexEntry
 from dits.core.objects import Manifest, Symlink
 from dits.errors import UsageError
-from dits.ops.ingest import FileChangedError, IngestStats, Ingestor, UnreadableFileError
+from dits.ops.ingest import FileChangedError, Ingestor, IngestStats, UnreadableFileError
 from dits.repository import Repository
 from dits.worktree import WorkFile
 

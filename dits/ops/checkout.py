@@ -16,10 +16,15 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dits.core.ids import ObjectId
 from dits.core.index import EntryKind, IndexEntry
 from dits.core.objects import Manifest, Symlink
-from dits.errors import ConflictError, CorruptObjectError, DitsError, ObjectNotFoundError, UsageError
+from dits.errors import (
+    ConflictError,
+    CorruptObjectError,
+    DitsError,
+    ObjectNotFoundError,
+    UsageError,
+)
 from dits.ops.snapshot import FlatEntry, commit_snapshot, index_snapshot
 from dits.ops.status import content_changed
 from dits.repository import HEADS, Repository, validate_branch_name
@@ -65,7 +70,9 @@ def _ensure_parent(root: Path, path: str) -> Path:
             os.mkdir(current)
             continue
         if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
-            raise UnsafePathError(f"{path}: refusing to write because {current.relative_to(root)} is not a folder")
+            raise UnsafePathError(
+                f"{path}: refusing to write because {current.relative_to(root)} is not a folder"
+            )
     return current
 
 
@@ -99,7 +106,9 @@ def write_entry(
             for ref in manifest.chunks:
                 data = repo.chunks.get(ref.id)
                 if len(data) != ref.size:
-                    raise CorruptObjectError(f"{path}: chunk {ref.id.hex()[:12]} has the wrong size")
+                    raise CorruptObjectError(
+                        f"{path}: chunk {ref.id.hex()[:12]} has the wrong size"
+                    )
                 view = memoryview(data)
                 while view:
                     n = os.write(fd, view)
@@ -122,7 +131,14 @@ def write_entry(
 
 def _index_entry(entry: FlatEntry, st: os.stat_result) -> IndexEntry:
     return IndexEntry(
-        entry.kind, st.st_mode, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev, entry.oid
+        entry.kind,
+        st.st_mode,
+        st.st_size,
+        st.st_mtime_ns,
+        st.st_ctime_ns,
+        st.st_ino,
+        st.st_dev,
+        entry.oid,
     )
 
 
@@ -214,7 +230,9 @@ def switch(
                 repo.refs.update_refs([RefUpdate(ref, head, None)])
             target = head
         elif target is None:
-            raise UsageError(f"no branch named '{branch}' (create it with 'dits switch -c {branch}')")
+            raise UsageError(
+                f"no branch named '{branch}' (create it with 'dits switch -c {branch}')"
+            )
         head_snap = commit_snapshot(repo, head)
         target_snap = commit_snapshot(repo, target)
         changes: dict[str, FlatEntry | None] = {}
@@ -226,8 +244,12 @@ def switch(
         if not force:
             blocked = sorted(_dirty_paths(repo, head_snap) & changes.keys())
             blocked += sorted(
-                p for p, e in changes.items() if e is not None and p not in head_snap
-                and p not in repo.index.read_all() and os.path.lexists(repo.root / p)
+                p
+                for p, e in changes.items()
+                if e is not None
+                and p not in head_snap
+                and p not in repo.index.read_all()
+                and os.path.lexists(repo.root / p)
             )
             if blocked:
                 listing = ", ".join(blocked[:10]) + (" ..." if len(blocked) > 10 else "")
@@ -298,7 +320,9 @@ def restore(
         changes: dict[str, FlatEntry | None] = {}
         for spec in specs:
             matched = [
-                p for p in src.keys() | index.keys() if not spec or p == spec or p.startswith(spec + "/")
+                p
+                for p in src.keys() | index.keys()
+                if not spec or p == spec or p.startswith(spec + "/")
             ]
             if not matched:
                 raise UsageError(f"pathspec '{spec}' did not match any tracked file")
@@ -317,10 +341,10 @@ def restore(
         if worktree:
             written = _apply(repo, changes, result, on_bytes)
             # The index learns the new stat data only where it describes the written content.
-            for p, e in written.items():
+            for p, fresh in written.items():
                 staged_entry = index_changes.get(p, index.get(p))
-                if e is not None and staged_entry is not None and staged_entry.oid == e.oid:
-                    index_changes[p] = e
+                if fresh is not None and staged_entry is not None and staged_entry.oid == fresh.oid:
+                    index_changes[p] = fresh
         repo.index.apply(index_changes)
         if result.failed:
             raise CheckoutIncompleteError(result)

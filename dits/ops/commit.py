@@ -92,7 +92,9 @@ def commit(
         index = repo.index.read_all()
         snap = index_snapshot(index)
         head_snap = commit_snapshot(repo, head)
-        changed = {p for p in snap.keys() | head_snap.keys() if _differs(snap.get(p), head_snap.get(p))}
+        changed = {
+            p for p in snap.keys() | head_snap.keys() if _differs(snap.get(p), head_snap.get(p))
+        }
         if not changed and not allow_empty:
             raise NothingToCommitError("nothing to commit (use 'dits add' to stage changes)")
         if run_hooks:

@@ -33,7 +33,7 @@ import blake3
 from dits.core.chunking import Chunker, ChunkingProfile, choose_profile
 from dits.core.ids import ObjectId
 from dits.core.objects import ChunkRef, Manifest
-from dits.errors import DitsError, EXIT_IO, StorageFullError
+from dits.errors import EXIT_IO, DitsError, StorageFullError
 from dits.store.base import BlobStore
 
 __all__ = ["FileChangedError", "IngestStats", "Ingestor", "UnreadableFileError"]
@@ -358,7 +358,9 @@ class Ingestor:
         if self.on_bytes is not None:
             self.on_bytes(filled)
         hasher = blake3.blake3(data)
-        return self._finish(profile, before, after, filled, hasher, ids, [len(v) for v in chunk_views])
+        return self._finish(
+            profile, before, after, filled, hasher, ids, [len(v) for v in chunk_views]
+        )
 
     def _finish(
         self,

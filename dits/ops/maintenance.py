@@ -144,5 +144,3 @@ def gc(repo: Repository) -> GcResult:
         for i in range(0, len(dead_objects), 4096):
             result.objects_removed += repo.objects.delete_many(dead_objects[i : i + 4096])
         return result
-
-

@@ -6,6 +6,7 @@ import contextlib
 import os
 from dataclasses import dataclass, field
 
+from dits.core.index import IndexEntry
 from dits.errors import ConflictError, UsageError
 from dits.ops.status import content_changed
 from dits.repository import Repository
@@ -27,7 +28,9 @@ class MoveResult:
     moved: list[tuple[str, str]] = field(default_factory=list)
 
 
-def remove(repo: Repository, specs: list[str], *, cached: bool = False, force: bool = False) -> RemoveResult:
+def remove(
+    repo: Repository, specs: list[str], *, cached: bool = False, force: bool = False
+) -> RemoveResult:
     """Stop tracking paths; delete the files too unless ``cached``.
 
     Raises:
@@ -93,7 +96,7 @@ def move(repo: Repository, source: str, dest: str) -> MoveResult:
             raise UsageError(f"'{source}' does not exist in the working tree")
         dest_abs.parent.mkdir(parents=True, exist_ok=True)
         os.rename(repo.worktree.abs_path(source), dest_abs)
-        changes = {}
+        changes: dict[str, IndexEntry | None] = {}
         pairs = []
         for path in moved:
             new = dest + path[len(source) :]

@@ -71,7 +71,8 @@ def commit_snapshot(repo: Repository, commit_id: ObjectId | None) -> dict[str, F
 def index_snapshot(entries: Mapping[str, IndexEntry]) -> dict[str, FlatEntry]:
     """Flat snapshot of the staging index."""
     return {
-        p: FlatEntry(e.kind, _normal_mode(e.kind, e.mode), e.size, e.oid) for p, e in entries.items()
+        p: FlatEntry(e.kind, _normal_mode(e.kind, e.mode), e.size, e.oid)
+        for p, e in entries.items()
     }
 
 

@@ -115,12 +115,12 @@ def status(repo: Repository) -> StatusResult:
     seen: set[str] = set()
     for wf in repo.worktree.walk("", errors=result.errors):
         seen.add(wf.path)
-        entry = index.get(wf.path)
-        if entry is None:
+        staged = index.get(wf.path)
+        if staged is None:
             result.untracked.append(wf.path)
             continue
         try:
-            if content_changed(repo, entry, wf):
+            if content_changed(repo, staged, wf):
                 result.modified.append(wf.path)
         except (UnreadableFileError, FileChangedError, OSError) as exc:
             result.errors.append(f"{wf.path}: {exc}")

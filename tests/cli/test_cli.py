@@ -37,7 +37,7 @@ def test_full_flow(dits_any: DitsRunner) -> None:
 
 
 def test_not_a_repository_is_one_line_and_exit_3(dits_any: DitsRunner) -> None:
-    code, out, err = dits_any("status")
+    code, _, err = dits_any("status")
     assert code == 3
     assert err.count("\n") == 1 and err.startswith("dits: error: not a dits repository")
     assert "Traceback" not in err
@@ -89,7 +89,7 @@ def test_config_get_set_list(dits_any: DitsRunner) -> None:
     assert d("config", "set", "user.name", "Ada")[0] == 0
     assert d("config", "user.email", "ada@example.com")[0] == 0
     assert d("config", "speculative.max_bandwidth", "20")[0] == 0
-    assert d("config", "set", 'remote.origin.url', "dits://127.0.0.1:4433/p")[0] == 0
+    assert d("config", "set", "remote.origin.url", "dits://127.0.0.1:4433/p")[0] == 0
     code, out, _ = d("config", "get", "user.name")
     assert out.strip() == "Ada"
     code, out, _ = d("config", "list", "--json")

@@ -44,11 +44,18 @@ def test_kill9_during_add_and_commit_loop(tmp_path: Path) -> None:
     acknowledged: list[str] = []
     for i in range(12):
         for j in range(rng.randint(1, 3)):
-            (root / f"f{j}.mov").write_bytes(random_bytes(rng.randint(1, 12) << 20, rng.randint(0, 10**9)))
-        script = f"{sys.executable} -m dits.cli.main add . && {sys.executable} -m dits.cli.main commit -m c{i}"
+            (root / f"f{j}.mov").write_bytes(
+                random_bytes(rng.randint(1, 12) << 20, rng.randint(0, 10**9))
+            )
+        cli = f"{sys.executable} -m dits.cli.main"
+        script = f"{cli} add . && {cli} commit -m c{i}"
         proc = subprocess.Popen(
-            ["sh", "-c", script], cwd=root, env=env, start_new_session=True,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            ["sh", "-c", script],
+            cwd=root,
+            env=env,
+            start_new_session=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         time.sleep(rng.uniform(0.05, 1.5))
         finished = proc.poll() is not None
@@ -195,11 +202,17 @@ def test_second_writer_gets_locked_error_naming_the_holder(tmp_path: Path) -> No
     (root / "a.mov").write_bytes(b"x")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     with RepoLock(root / ".dits" / "lock").acquire(purpose="dits add"):
-        proc = subprocess.run(_cli("add", "."), cwd=root, env=env, capture_output=True, text=True, check=False)
+        proc = subprocess.run(
+            _cli("add", "."), cwd=root, env=env, capture_output=True, text=True, check=False
+        )
         assert proc.returncode == 6
         assert f"pid {os.getpid()}" in proc.stderr and "dits add" in proc.stderr
         # Readers are never blocked by the writer lock.
-        st = subprocess.run(_cli("status", "--json"), cwd=root, env=env, capture_output=True, text=True, check=False)
+        st = subprocess.run(
+            _cli("status", "--json"), cwd=root, env=env, capture_output=True, text=True, check=False
+        )
         assert st.returncode == 0
-    proc = subprocess.run(_cli("add", "."), cwd=root, env=env, capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+        _cli("add", "."), cwd=root, env=env, capture_output=True, text=True, check=False
+    )
     assert proc.returncode == 0

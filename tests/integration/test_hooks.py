@@ -34,8 +34,8 @@ def test_pre_commit_hook_can_refuse_and_sees_environment(repo: Repository) -> No
     install(
         repo,
         "pre-commit",
-        "#!/bin/sh\ncat > \"$DITS_DIR/seen\"\necho \"$DITS_HOOK $DITS_BRANCH\" >> \"$DITS_DIR/seen\"\n"
-        "pwd >> \"$DITS_DIR/seen\"\nexit 3\n",
+        '#!/bin/sh\ncat > "$DITS_DIR/seen"\necho "$DITS_HOOK $DITS_BRANCH" >> "$DITS_DIR/seen"\n'
+        'pwd >> "$DITS_DIR/seen"\nexit 3\n',
     )
     (repo.root / "a.mov").write_bytes(b"x" * 10)
     add_paths(repo, [""])
@@ -98,7 +98,7 @@ def test_sample_pre_push_refuses_wip(repo: Repository, tmp_path: Path) -> None:
     second = commit(repo, "WIP do not push", **ID)  # type: ignore[arg-type]
     bindir = tmp_path / "bin"
     bindir.mkdir()
-    (bindir / "dits").write_text(f"#!/bin/sh\nexec {sys.executable} -m dits.cli.main \"$@\"\n")
+    (bindir / "dits").write_text(f'#!/bin/sh\nexec {sys.executable} -m dits.cli.main "$@"\n')
     (bindir / "dits").chmod(0o755)
     env = {
         **os.environ,
@@ -123,9 +123,16 @@ def test_sample_pre_push_refuses_wip(repo: Repository, tmp_path: Path) -> None:
     assert refused.returncode == 1 and "is marked WIP" in refused.stderr
     ok = run(first.oid.hex(), zero)
     assert ok.returncode == 0, ok.stderr
-    assert json.loads(
-        subprocess.run(
-            [sys.executable, "-m", "dits.cli.main", "log", "--json"],
-            cwd=repo.root, capture_output=True, text=True, env=env, check=True,
-        ).stdout
-    )[0]["commit"] == second.oid.hex()
+    assert (
+        json.loads(
+            subprocess.run(
+                [sys.executable, "-m", "dits.cli.main", "log", "--json"],
+                cwd=repo.root,
+                capture_output=True,
+                text=True,
+                env=env,
+                check=True,
+            ).stdout
+        )[0]["commit"]
+        == second.oid.hex()
+    )

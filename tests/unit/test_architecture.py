@@ -1,4 +1,4 @@
-"""Layering rules (STYLE.md): the core does no I/O; dits never imports remote; no lmdb above store."""
+"""Layering rules (STYLE.md): core does no I/O, dits never imports remote, lmdb stays in store."""
 
 from __future__ import annotations
 
@@ -6,7 +6,20 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-IO_MODULES = {"os", "io", "socket", "subprocess", "pathlib", "shutil", "time", "lmdb", "boto3", "asyncio", "tempfile", "mmap"}
+IO_MODULES = {
+    "os",
+    "io",
+    "socket",
+    "subprocess",
+    "pathlib",
+    "shutil",
+    "time",
+    "lmdb",
+    "boto3",
+    "asyncio",
+    "tempfile",
+    "mmap",
+}
 
 
 def imports(path: Path) -> set[str]:
