@@ -8,6 +8,7 @@ use gitignore semantics through dulwich's ignore module, nested files applying t
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 from collections.abc import Iterator
@@ -129,6 +130,19 @@ class Worktree:
     def abs_path(self, repo_path: str) -> Path:
         """The filesystem path of a repository path."""
         return self.root / repo_path if repo_path else self.root
+
+    def remove_file(self, repo_path: str) -> None:
+        """Delete a file or link if present, then the folders it leaves empty (not the root)."""
+        path = self.abs_path(repo_path)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        parent = path.parent
+        while parent != self.root:
+            try:
+                os.rmdir(parent)
+            except OSError:
+                break
+            parent = parent.parent
 
     def lstat(self, repo_path: str) -> WorkFile | None:
         """Stat one path without following a final symlink; None if absent or not a file/link."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import Protocol
 
 from dits.core.ids import ObjectId
 
@@ -18,6 +19,28 @@ __all__ = ["EntryKind", "IndexEntry", "decode_index_entry", "encode_index_entry"
 
 _INDEX_FORMAT = struct.Struct("<BBIQqqQQ32s")
 _INDEX_VERSION = 1
+
+
+class _StatLike(Protocol):
+    """What `from_stat` needs of an ``os.stat_result`` (a value: the core still does no I/O)."""
+
+    @property
+    def st_mode(self) -> int: ...
+
+    @property
+    def st_size(self) -> int: ...
+
+    @property
+    def st_mtime_ns(self) -> int: ...
+
+    @property
+    def st_ctime_ns(self) -> int: ...
+
+    @property
+    def st_ino(self) -> int: ...
+
+    @property
+    def st_dev(self) -> int: ...
 
 
 class EntryKind(IntEnum):
@@ -39,6 +62,13 @@ class IndexEntry:
     inode: int
     dev: int
     oid: ObjectId
+
+    @classmethod
+    def from_stat(cls, kind: EntryKind, st: _StatLike, oid: ObjectId) -> IndexEntry:
+        """Record ``oid`` with the stat data of the file it was read from or written to."""
+        return cls(
+            kind, st.st_mode, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev, oid
+        )
 
     def same_stat(self, size: int, mtime_ns: int, ctime_ns: int, inode: int) -> bool:
         """True when the recorded stat data matches, so the content is taken as unchanged."""

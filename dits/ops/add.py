@@ -155,8 +155,5 @@ def stage_files(
     ids: list[ObjectId] = repo.put_objects([m for _, m, _ in manifests])
     for (path, obj, st), oid in zip(manifests, ids, strict=True):
         kind = EntryKind.SYMLINK if isinstance(obj, Symlink) else EntryKind.FILE
-        size = st.st_size
-        entries[path] = IndexEntry(
-            kind, st.st_mode, size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev, oid
-        )
+        entries[path] = IndexEntry.from_stat(kind, st, oid)
     return entries

@@ -129,32 +129,6 @@ def write_entry(
     return os.lstat(target)
 
 
-def _index_entry(entry: FlatEntry, st: os.stat_result) -> IndexEntry:
-    return IndexEntry(
-        entry.kind,
-        st.st_mode,
-        st.st_size,
-        st.st_mtime_ns,
-        st.st_ctime_ns,
-        st.st_ino,
-        st.st_dev,
-        entry.oid,
-    )
-
-
-def _remove_file(root: Path, path: str) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(root / path)
-    # Drop folders left empty, up to the root.
-    parent = (root / path).parent
-    while parent != root:
-        try:
-            os.rmdir(parent)
-        except OSError:
-            break
-        parent = parent.parent
-
-
 def _apply(
     repo: Repository,
     changes: dict[str, FlatEntry | None],
@@ -164,7 +138,7 @@ def _apply(
     index_changes: dict[str, IndexEntry | None] = {}
     # Removals first: a file may become a folder in the target.
     for path in sorted(p for p, e in changes.items() if e is None):
-        _remove_file(repo.root, path)
+        repo.worktree.remove_file(path)
         index_changes[path] = None
         result.removed.append(path)
     for path in sorted(p for p, e in changes.items() if e is not None):
@@ -178,7 +152,7 @@ def _apply(
         except OSError as exc:
             result.failed.append(f"{path}: cannot write ({exc.strerror})")
             continue
-        index_changes[path] = _index_entry(entry, st)
+        index_changes[path] = IndexEntry.from_stat(entry.kind, st, entry.oid)
         result.written.append(path)
         result.bytes_written += entry.size
     return index_changes

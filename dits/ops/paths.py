@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 from dataclasses import dataclass, field
 
@@ -59,15 +58,7 @@ def remove(
         repo.index.apply({p: None for p in targets})
         if not cached:
             for path in targets:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(repo.worktree.abs_path(path))
-                parent = repo.worktree.abs_path(path).parent
-                while parent != repo.root:
-                    try:
-                        os.rmdir(parent)
-                    except OSError:
-                        break
-                    parent = parent.parent
+                repo.worktree.remove_file(path)
         return RemoveResult(sorted(set(targets)))
 
 
