@@ -73,12 +73,38 @@ def bench_throughput(data_dir: Path, size_gib: float) -> dict[str, float]:
     with open(media, "rb") as fh:  # make sure it is page-cached
         while fh.read(64 << 20):
             pass
+    copy_seconds = copy_reference(media, repo / "copy.bin")
     seconds, out = _dits(repo, "add", "export.mov", "--json")
     report = json.loads(out)
     assert report["bytes_read"] == size
-    result = {"bytes": size, "seconds": seconds, "gb_per_s": size / seconds / 1e9}
+    result = {
+        "bytes": size,
+        "seconds": seconds,
+        "gb_per_s": size / seconds / 1e9,
+        "copy_gb_per_s": size / copy_seconds / 1e9,
+        "vs_copy": copy_seconds / seconds,
+    }
     shutil.rmtree(repo)
     return result
+
+
+def copy_reference(src: Path, dst: Path) -> float:
+    """Seconds for a plain copy of ``src`` next to the store, fsync included: the ceiling.
+
+    `dits add` must at least read the file and write it once into the store, so a copy on the
+    same filesystem in the same run is the honest yardstick on a machine whose page-cache
+    write speed varies several-fold from minute to minute (docs/benchmarks.md).
+    """
+    buf = bytearray(16 << 20)
+    t0 = time.perf_counter()
+    with open(src, "rb", buffering=0) as fin, open(dst, "wb", buffering=0) as fout:
+        view = memoryview(buf)
+        while n := fin.readinto(buf):
+            fout.write(view[:n])
+        os.fsync(fout.fileno())
+    seconds = time.perf_counter() - t0
+    dst.unlink()
+    return seconds
 
 
 def bench_tree(data_dir: Path, files: int) -> dict[str, float]:

@@ -85,6 +85,7 @@ class Repository:
         """Open the repository whose working tree is ``root``."""
         from dits.store.lmdb import LmdbBlobStore, LmdbEnvironment, LmdbIndexStore, LmdbRefStore
         from dits.store.lock import RepoLock
+        from dits.store.packs import PackBlobStore
 
         dits_dir = root / DITS_DIR
         if not (dits_dir / "store").is_dir():
@@ -93,9 +94,11 @@ class Repository:
         closer = contextlib.ExitStack()
         env = LmdbEnvironment(dits_dir / "store")
         closer.callback(env.close)
+        chunks = PackBlobStore(env, dits_dir / "store" / "packs")
+        closer.callback(chunks.close)
         return cls(
             root,
-            chunks=LmdbBlobStore(env, b"chunks"),
+            chunks=chunks,
             objects=LmdbBlobStore(env, b"objects"),
             refs=LmdbRefStore(env),
             index=LmdbIndexStore(env),

@@ -47,4 +47,9 @@ def gc_cmd(ctx: Ctx, as_json: bool) -> None:
     if as_json:
         emit_json(result.to_json())
     else:
-        say(ctx, f"removed {result.objects_removed} objects and {result.chunks_removed} chunks")
+        say(
+            ctx,
+            f"removed {result.objects_removed} objects and {result.chunks_removed} chunks; "
+            f"rewrote {result.packs_rewritten} and dropped {result.packs_removed} packs, "
+            f"freeing {human_bytes(result.bytes_freed)}",
+        )

@@ -126,6 +126,9 @@ class GcResult:
 
     objects_removed: int = 0
     chunks_removed: int = 0
+    packs_rewritten: int = 0
+    packs_removed: int = 0
+    bytes_freed: int = 0
 
     def to_json(self) -> dict[str, object]:
         """Machine-readable form for --json."""
@@ -143,4 +146,10 @@ def gc(repo: Repository) -> GcResult:
             result.chunks_removed += repo.chunks.delete_many(dead_chunks[i : i + 4096])
         for i in range(0, len(dead_objects), 4096):
             result.objects_removed += repo.objects.delete_many(dead_objects[i : i + 4096])
+        repack = getattr(repo.chunks, "repack", None)
+        if repack is not None:  # pack-file stores give the space back here
+            done = repack()
+            result.packs_rewritten = done.packs_rewritten
+            result.packs_removed = done.packs_removed
+            result.bytes_freed = done.bytes_freed
         return result

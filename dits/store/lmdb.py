@@ -43,6 +43,7 @@ Theory of operation
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import os
@@ -101,7 +102,7 @@ DB_INDEX: Final = b"index"
 DB_META: Final = b"meta"
 _ALL_DBS: Final = (DB_CHUNKS, DB_OBJECTS, DB_REFS, DB_INDEX, DB_META)
 
-STORE_FORMAT_VERSION: Final = 1
+STORE_FORMAT_VERSION: Final = 2  # 2: chunk bytes in pack files, ``chunks`` is their index
 """Version of the layout described in docs/store.md, kept in ``meta`` under ``format``."""
 
 MIB: Final = 1 << 20
@@ -197,6 +198,7 @@ class _Shared:
     grow_count: int = 0
     adopt_count: int = 0
     gate: _Gate = field(default_factory=_Gate)
+    flush_hooks: list[Callable[[], None]] = field(default_factory=list)
 
 
 _registry: dict[str, _Shared] = {}
@@ -363,11 +365,23 @@ class LmdbEnvironment:
         env = self._open()
         if self.readonly:
             return
+        # Pack files first: an index entry made durable must never point at bytes that are not.
+        for hook in list(self._shared.flush_hooks):
+            hook()
         with self._shared.gate.txn():
             try:
                 env.sync(True)
             except lmdb.Error as exc:
                 raise self._translate(exc, writing=True) from exc
+
+    def add_flush_hook(self, hook: Callable[[], None]) -> None:
+        """Run ``hook`` at the start of every ``durable()`` (pack files fsync themselves there)."""
+        self._shared.flush_hooks.append(hook)
+
+    def remove_flush_hook(self, hook: Callable[[], None]) -> None:
+        """Undo ``add_flush_hook``; unknown hooks are ignored."""
+        with contextlib.suppress(ValueError):
+            self._shared.flush_hooks.remove(hook)
 
     # -- transactions (for the stores in this module) ----------------------------------------
 

@@ -147,7 +147,13 @@ def test_fsck_and_gc_commands(dits: DitsRunner) -> None:
     code, out, _ = dits("fsck", "--json")
     assert code == 0 and json.loads(out)["clean"] is True
     code, out, _ = dits("gc", "--json")
-    assert code == 0 and json.loads(out) == {"objects_removed": 0, "chunks_removed": 0}
+    assert code == 0 and json.loads(out) == {
+        "objects_removed": 0,
+        "chunks_removed": 0,
+        "packs_rewritten": 0,
+        "packs_removed": 0,
+        "bytes_freed": 0,
+    }
 
 
 def test_quiet_prints_nothing(dits: DitsRunner) -> None:

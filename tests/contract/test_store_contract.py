@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import random
+import struct
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -30,6 +31,7 @@ from dits.store.base import BlobStore, IndexStore, RefStore, RefUpdate
 from dits.store.faulty import FaultyBlobStore
 from dits.store.lmdb import LmdbBlobStore, LmdbEnvironment, LmdbIndexStore, LmdbRefStore
 from dits.store.memory import MemoryBlobStore, MemoryIndexStore, MemoryRefStore
+from dits.store.packs import PackBlobStore
 
 MIB = 1 << 20
 
@@ -101,6 +103,40 @@ class LmdbBackend:
         self.env.close()
 
 
+class PackBackend(LmdbBackend):
+    """Chunk bytes in pack files, LMDB as their index; corruption rewrites the pack file."""
+
+    def blob_store(self) -> BlobStore:
+        self.packs = PackBlobStore(self.env, self.env.path / "packs", pack_target_size=4 * MIB)
+        return self.packs
+
+    def raw(self, store: BlobStore, oid: ObjectId) -> bytes:
+        where = self.packs.locate(oid)
+        with open(where.path, "rb") as fh:
+            fh.seek(where.data_offset)
+            return fh.read(where.stored_size)
+
+    def overwrite_raw(self, store: BlobStore, oid: ObjectId, at_rest: bytes) -> None:
+        # A new record at the end of the pack, and the index pointed at it, below the store.
+        where = self.packs.locate(oid)
+        with open(where.path, "ab") as fh:
+            offset = fh.tell()
+            fh.write(oid + struct.pack("<I", len(at_rest)) + at_rest)
+        handle = self.env.handle
+        with handle.begin(write=True) as txn:
+            db = handle.open_db(b"chunks", txn=txn, create=False)
+            loc = struct.pack("<IQII", where.pack, offset, len(at_rest), where.plain_size)
+            txn.put(oid, loc, db=db)
+            meta = handle.open_db(b"meta", txn=txn, create=False)
+            key = b"pack:%08d" % where.pack
+            _, live = struct.unpack("<QQ", txn.get(key, db=meta))
+            txn.put(key, struct.pack("<QQ", offset + 36 + len(at_rest), live), db=meta)
+
+    def close(self) -> None:
+        self.packs.close() if hasattr(self, "packs") else None
+        super().close()
+
+
 class FaultyMemoryBackend(MemoryBackend):
     """The fault-injecting wrapper, with no fault armed, must be a faithful BlobStore."""
 
@@ -119,6 +155,7 @@ class FaultyMemoryBackend(MemoryBackend):
 BACKENDS: dict[str, Callable[[Path], Backend]] = {
     "memory": MemoryBackend,
     "lmdb": LmdbBackend,
+    "packs": PackBackend,
     "faulty-memory": FaultyMemoryBackend,
 }
 

@@ -11,7 +11,6 @@ import sys
 import time
 from pathlib import Path
 
-import lmdb
 import pytest
 
 from dits.errors import StorageFullError
@@ -103,14 +102,13 @@ def test_disk_full_during_add_leaves_index_untouched(repo: Repository) -> None:
 
 
 def _corrupt_one_chunk(repo: Repository, chunk_id: bytes) -> None:
+    where = repo.chunks.locate(chunk_id)  # type: ignore[attr-defined]
     repo.close()
-    env = lmdb.open(str(repo.dits_dir / "store"), max_dbs=16)
-    db = env.open_db(b"chunks")
-    with env.begin(write=True, db=db) as txn:
-        value = bytearray(txn.get(chunk_id))
-        value[len(value) // 2] ^= 0x01
-        txn.put(chunk_id, bytes(value))
-    env.close()
+    with open(where.path, "r+b") as fh:  # flip one bit of the chunk's bytes in its pack
+        fh.seek(where.data_offset + where.stored_size // 2)
+        byte = fh.read(1)
+        fh.seek(where.data_offset + where.stored_size // 2)
+        fh.write(bytes([byte[0] ^ 0x01]))
 
 
 def test_corrupt_chunk_is_named_and_other_files_restore(tmp_path: Path) -> None:
