@@ -1,4 +1,4 @@
-"""Layering rules (STYLE.md): core does no I/O, dits never imports remote, lmdb stays in store."""
+"""Layering rules (STYLE.md): core and protocol do no I/O, dits never imports remote, lmdb stays in store."""
 
 from __future__ import annotations
 
@@ -33,8 +33,9 @@ def imports(path: Path) -> set[str]:
     return names
 
 
-def test_core_does_no_io() -> None:
-    for path in (ROOT / "dits" / "core").glob("*.py"):
+def test_core_and_protocol_do_no_io() -> None:
+    paths = [*(ROOT / "dits" / "core").glob("*.py"), *(ROOT / "dits" / "protocol").glob("*.py")]
+    for path in paths:
         bad = {n for n in imports(path) if n.split(".")[0] in IO_MODULES}
         assert not bad, f"{path.name} imports {bad}"
 
