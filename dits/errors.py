@@ -7,6 +7,7 @@ exit-code table (documented in docs/exit-codes.md). The CLI maps errors to one l
 from __future__ import annotations
 
 __all__ = [
+    "EXIT_CERT_CHANGED",
     "EXIT_CONFLICT",
     "EXIT_CORRUPT",
     "EXIT_ERROR",
@@ -35,6 +36,7 @@ EXIT_CORRUPT = 5  # integrity failure: hash mismatch, missing object
 EXIT_LOCKED = 6  # another writer holds the repository lock
 EXIT_IO = 7  # disk full, unreadable file, permission denied
 EXIT_HOOK = 8  # a hook refused the operation
+EXIT_CERT_CHANGED = 9  # a remote's certificate is not the pinned one
 EXIT_INTERNAL = 70  # a bug: traceback printed, please report
 
 

@@ -18,7 +18,7 @@ from dits.errors import EXIT_INTERNAL, EXIT_IO, DitsError
 EXIT_CODES_HELP = """\b
 Exit codes: 0 ok, 1 error, 2 usage, 3 not a repository, 4 conflict,
 5 corrupt or missing data, 6 locked, 7 I/O (disk full, unreadable),
-8 refused by a hook, 70 internal error (see docs/exit-codes.md)."""
+8 refused by a hook, 9 server certificate changed, 70 internal error (see docs/exit-codes.md)."""
 
 
 # Commands are imported only when invoked: start-up time is most of a `dits status` on a
@@ -40,6 +40,11 @@ _COMMANDS = {
     "fsck": ("dits.cli.cmd_maint", "fsck_cmd"),
     "gc": ("dits.cli.cmd_maint", "gc_cmd"),
     "config": ("dits.cli.cmd_config", "config_cmd"),
+    "remote": ("dits.cli.cmd_remote", "remote_cmd"),
+    "push": ("dits.cli.cmd_sync", "push_cmd"),
+    "fetch": ("dits.cli.cmd_sync", "fetch_cmd"),
+    "pull": ("dits.cli.cmd_sync", "pull_cmd"),
+    "clone": ("dits.cli.cmd_sync", "clone_cmd"),
     "demo": ("dits.cli.cmd_demo", "demo_cmd"),
 }
 

@@ -349,7 +349,7 @@ class Ingestor:
         after = os.fstat(fd)
         data = view[:filled]
         cut_ends = Chunker(profile).cuts(data, 0, True)
-        starts = [0, *cut_ends[:-1]]
+        starts = [0, *cut_ends[:-1]] if cut_ends else []  # an empty file has no chunks
         chunk_views = [data[s:e] for s, e in zip(starts, cut_ends, strict=True)]
         ids = _hash_all(chunk_views)
         done: Future[list[ObjectId]] = Future()

@@ -237,6 +237,28 @@ class PackBlobStore:
             return self._decode_record(oid, where, record)
         raise AssertionError("unreachable")
 
+    def get_stored(self, oid: ObjectId) -> tuple[bytes, int]:
+        """The verified at-rest form of ``oid`` (tag byte first) and its plain size.
+
+        For senders that pass the stored form on as is (a push sends zstd chunks without
+        compressing them again). The bytes are decoded and re-hashed first, like ``get``.
+        """
+        for attempt in range(2):
+            where = self.locate(oid)
+            try:
+                record = self._pread(
+                    where.pack, _RECORD_HEADER.size + where.stored_size, where.record_offset
+                )
+            except FileNotFoundError:
+                if attempt == 0:
+                    continue
+                raise CorruptObjectError(
+                    f"chunk {short_id(oid)} is lost: its pack {where.path.name} is missing"
+                ) from None
+            self._decode_record(oid, where, record)
+            return record[_RECORD_HEADER.size :], where.plain_size
+        raise AssertionError("unreachable")
+
     def delete_many(self, ids: Iterable[ObjectId]) -> int:
         """See ``BlobStore.delete_many``. Space comes back with ``repack``."""
         wanted = list(dict.fromkeys(ids))

@@ -269,3 +269,13 @@ def test_manifest_records_profile_and_file_hash(repo: Repository) -> None:
     assert m.profile == "media-v1" or m.profile.startswith("media")
     assert m.file_hash == blake3.blake3(data).digest()
     assert b"".join(repo.chunks.get(c.id) for c in m.chunks) == data
+
+
+def test_empty_file_round_trips(repo: Repository) -> None:
+    write(repo.root, "empty.txt", b"")
+    add_paths(repo, [""])
+    do_commit(repo, "empty")
+    (repo.root / "empty.txt").unlink()
+    restore(repo, ["empty.txt"])
+    assert (repo.root / "empty.txt").read_bytes() == b""
+    assert fsck(repo).clean

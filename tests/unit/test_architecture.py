@@ -1,4 +1,4 @@
-"""Layering rules (STYLE.md): core and protocol do no I/O, dits never imports remote, lmdb stays in store."""
+"""Layering rules (STYLE.md): core and protocol do no I/O, dits never imports remote."""
 
 from __future__ import annotations
 

@@ -1,0 +1,145 @@
+"""`dits push`, `dits fetch`, `dits pull`, `dits clone`."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import click
+
+from dits.cli._common import Ctx, emit_json, human_bytes, open_repo, pass_ctx, progress, say
+from dits.errors import ConflictError
+
+
+@click.command("push")
+@click.argument("remote", required=False)
+@click.argument("branch", required=False)
+@click.option("-f", "--force", is_flag=True, help="Allow a move that drops the server's commits.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON report.")
+@pass_ctx
+def push_cmd(ctx: Ctx, remote: str | None, branch: str | None, force: bool, as_json: bool) -> None:
+    """Send BRANCH (default: the current one) to REMOTE (default: origin)."""
+    from dits.ops.sync import push
+
+    with open_repo(ctx) as repo, progress(ctx, "pushing", json_mode=as_json) as (total, advance):
+        result = push(repo, remote, branch, force=force, on_total=total, on_bytes=advance)
+    if as_json:
+        emit_json(result.to_json())
+        return
+    if result.up_to_date:
+        say(ctx, f"{result.remote}/{result.branch} is up to date")
+        return
+    pct = 100 * result.chunks_present / result.chunks_total if result.chunks_total else 100.0
+    say(
+        ctx,
+        f"{result.chunks_present} of {result.chunks_total} chunks already on server ({pct:.1f}%); "
+        f"sent {result.chunks_sent} chunks and {result.objects_sent} objects, "
+        f"{human_bytes(result.bytes_sent)} in {result.seconds:.2f} s over {result.transport}",
+    )
+    old = result.old[:12] if result.old else "(new)"
+    say(ctx, f"{result.remote}/{result.branch}: {old} -> {(result.new or '')[:12]}")
+
+
+@click.command("fetch")
+@click.argument("remote", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON report.")
+@pass_ctx
+def fetch_cmd(ctx: Ctx, remote: str | None, as_json: bool) -> None:
+    """Download new commits from REMOTE (default: origin) into remote-tracking branches."""
+    from dits.ops.sync import fetch
+
+    with open_repo(ctx) as repo, progress(ctx, "fetching", json_mode=as_json) as (total, adv):
+        result = fetch(repo, remote, on_total=total, on_bytes=adv)
+    if as_json:
+        emit_json(result.to_json())
+        return
+    for branch, tip in sorted(result.updated.items()):
+        say(ctx, f"{result.remote}/{branch} -> {tip[:12]}")
+    say(
+        ctx,
+        f"received {result.objects_received} objects and {result.chunks_received} chunks, "
+        f"{human_bytes(result.bytes_received)} in {result.seconds:.2f} s",
+    )
+
+
+@click.command("pull")
+@click.argument("remote", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON report.")
+@pass_ctx
+def pull_cmd(ctx: Ctx, remote: str | None, as_json: bool) -> None:
+    """Fetch, then fast-forward or merge file by file the current branch."""
+    from dits.cli.cmd_commit import git_identity
+    from dits.ops.commit import identity
+    from dits.ops.merge import integrate
+    from dits.ops.sync import REMOTES, fetch
+    from dits.remotes import get_remote
+
+    with open_repo(ctx) as repo:
+        spec = get_remote(repo.config, remote)
+        with progress(ctx, "fetching", json_mode=as_json) as (total, adv):
+            fetched = fetch(repo, spec.name, on_total=total, on_bytes=adv)
+        branch = repo.current_branch()
+        theirs = repo.refs.get_ref(REMOTES + f"{spec.name}/{branch}")
+        if theirs is None:
+            raise ConflictError(f"{spec.name} has no branch {branch}; nothing to pull")
+        name, email = identity(repo, git_identity())
+        now = int(os.environ.get("DITS_COMMIT_TIME", "0")) or int(time.time())
+        result = integrate(
+            repo,
+            theirs,
+            name=name,
+            email=email,
+            now=now,
+            tz_offset_min=time.localtime(now).tm_gmtoff // 60,
+        )
+    if as_json:
+        emit_json({"fetch": fetched.to_json(), "merge": result.to_json()})
+    elif result.kind != "conflict":
+        say(
+            ctx,
+            f"{result.kind}: {branch} at {(result.commit or b'').hex()[:12]}, "
+            f"{len(result.updated)} file(s) updated",
+        )
+    if result.kind == "conflict":
+        listing = ", ".join(result.conflicts[:20]) + (" ..." if len(result.conflicts) > 20 else "")
+        raise ConflictError(
+            f"pull stopped: {len(result.conflicts)} file(s) changed on both sides: {listing}; "
+            f"your version is in {branch}, theirs in {spec.name}/{branch}"
+        )
+
+
+@click.command("clone")
+@click.argument("url")
+@click.argument("directory", type=click.Path(path_type=Path, file_okay=False), required=False)
+@click.option("--token", default=None, help="Bearer token (else DITS_TOKEN).")
+@click.option("--transport", type=click.Choice(["auto", "quic", "tcp"]), default=None)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON report.")
+@pass_ctx
+def clone_cmd(
+    ctx: Ctx,
+    url: str,
+    directory: Path | None,
+    token: str | None,
+    transport: str | None,
+    as_json: bool,
+) -> None:
+    """Copy the repository at URL (dits://host:port/repo) into DIRECTORY."""
+    from dits.ops.sync import clone
+    from dits.remotes import parse_url
+
+    target = ctx.cwd / (directory or Path(parse_url(url).repo))
+    with progress(ctx, "cloning", json_mode=as_json) as (total, adv):
+        repo, result = clone(
+            url, target, token=token, transport=transport, on_total=total, on_bytes=adv
+        )
+    repo.close()
+    if as_json:
+        emit_json({**result.to_json(), "directory": str(target)})
+        return
+    say(
+        ctx,
+        f"cloned into {target}: {result.objects_received} objects, {result.chunks_received} "
+        f"chunks, {human_bytes(result.bytes_received)} in {result.seconds:.2f} s "
+        f"over {result.transport}",
+    )

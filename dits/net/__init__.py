@@ -1,0 +1,1 @@
+"""Client networking: the protocol session over dits.transport."""

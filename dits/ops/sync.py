@@ -1,0 +1,501 @@
+"""push, fetch and clone: moving commits between a local repository and a dits-remote.
+
+Push sends only what the server lacks: it asks "have" for the commits, then level by level for
+the trees and manifests of the commits the server lacks, then for the chunks of the manifests it
+lacks (a blob the server can see implies everything it reaches, so the walk stops there). Chunks
+go over several parallel streams in batches, in their at-rest form (zstd chunks are not
+compressed again); objects follow; the ref moves last by compare-and-swap. Chunks the server
+already received from an interrupted push count as present, so a re-run sends only the rest.
+
+Fetch mirrors it: objects level by level (``Get``), then the chunks the local store lacks over
+parallel streams, each verified against its id before it is stored; objects are stored after
+the chunks they reach, and the remote-tracking ref last, so an interrupted fetch keeps its
+chunks and never leaves a ref pointing at something incomplete.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dits.core.codec import decode_object, object_id
+from dits.core.ids import ObjectId, short_id
+from dits.core.objects import Commit, Manifest, Object, Tree
+from dits.errors import ConflictError, CorruptObjectError, UsageError
+from dits.hooks import run_hook
+from dits.net.client import RemoteSession, open_session
+from dits.protocol import (
+    BlobKind,
+    Encoding,
+    Permission,
+    PutChunk,
+    PutObject,
+    RefChange,
+    decode_chunk_data,
+    verify_chunk,
+)
+from dits.remotes import RemoteSpec, add_remote, get_remote, parse_url
+from dits.repository import HEADS, Repository
+from dits.store.base import RefUpdate
+
+__all__ = ["FetchResult", "PushResult", "clone", "fetch", "push"]
+
+REMOTES = "refs/remotes/"
+BATCH_BYTES = 8 << 20  # one put or get request carries about this much
+PUT_STREAMS = 4
+
+Progress = Callable[[int], None]
+
+
+@dataclass
+class PushResult:
+    """Figures of one push (``--json``)."""
+
+    remote: str
+    branch: str
+    transport: str = ""
+    old: str | None = None
+    new: str | None = None
+    up_to_date: bool = False
+    objects_total: int = 0
+    objects_sent: int = 0
+    chunks_total: int = 0
+    chunks_sent: int = 0
+    bytes_sent: int = 0
+    seconds: float = 0.0
+
+    @property
+    def chunks_present(self) -> int:
+        return self.chunks_total - self.chunks_sent
+
+    def to_json(self) -> dict[str, object]:
+        doc = dict(self.__dict__)
+        doc["chunks_already_on_server"] = self.chunks_present
+        doc["percent_already_on_server"] = (
+            round(100 * self.chunks_present / self.chunks_total, 1) if self.chunks_total else 100.0
+        )
+        return doc
+
+
+@dataclass
+class FetchResult:
+    """Figures of one fetch or clone (``--json``)."""
+
+    remote: str
+    transport: str = ""
+    updated: dict[str, str] = field(default_factory=dict)
+    objects_received: int = 0
+    chunks_received: int = 0
+    bytes_received: int = 0
+    seconds: float = 0.0
+    head: str = ""
+
+    def to_json(self) -> dict[str, object]:
+        return dict(self.__dict__)
+
+
+# -- push -----------------------------------------------------------------------------------------
+
+
+def push(
+    repo: Repository,
+    remote: str | None = None,
+    branch: str | None = None,
+    *,
+    force: bool = False,
+    on_total: Progress | None = None,
+    on_bytes: Progress | None = None,
+) -> PushResult:
+    """Push ``branch`` (default: the current one) to ``remote`` (default: origin).
+
+    Raises:
+        UsageError: no such remote or branch.
+        HookFailedError: the pre-push hook refused.
+        StaleRefError / NonFastForwardError: the server's branch moved; pull first.
+    """
+    spec = get_remote(repo.config, remote)
+    branch = branch or repo.current_branch()
+    ref = HEADS + branch
+    tip = repo.refs.get_ref(ref)
+    if tip is None:
+        raise UsageError(f"branch {branch!r} has no commits to push")
+    tracking = REMOTES + f"{spec.name}/{branch}"
+    seen_remote = repo.refs.get_ref(tracking)
+    run_hook(
+        repo.dits_dir,
+        repo.root,
+        "pre-push",
+        args=[spec.name, str(spec.url)],
+        stdin=f"{ref} {tip.hex()} {ref} {(seen_remote or bytes(32)).hex()}\n",
+    )
+    result = asyncio.run(_push(repo, spec, branch, tip, force, on_total, on_bytes))
+    if not result.up_to_date or seen_remote != tip:
+        repo.refs.update_refs([RefUpdate(tracking, tip, repo.refs.get_ref(tracking))])
+    return result
+
+
+async def _push(
+    repo: Repository,
+    spec: RemoteSpec,
+    branch: str,
+    tip: ObjectId,
+    force: bool,
+    on_total: Progress | None,
+    on_bytes: Progress | None,
+) -> PushResult:
+    started = time.perf_counter()
+    result = PushResult(spec.name, branch, new=tip.hex())
+    session = await open_session(spec)
+    try:
+        result.transport = session.transport
+        if not session.permissions & Permission.WRITE:
+            from dits.protocol import ForbiddenError
+
+            raise ForbiddenError(f"the token for {spec.name} may not push to {spec.url.repo}")
+        ref = HEADS + branch
+        remote_old = (await session.list_refs(HEADS)).as_dict().get(ref)
+        result.old = remote_old.hex() if remote_old else None
+        if remote_old == tip:
+            result.up_to_date = True
+            return result
+        objects, chunk_ids, total_chunks = await _plan_push(repo, session, tip)
+        result.objects_total = len(objects)
+        result.chunks_total = total_chunks
+        on_server = await session.have(BlobKind.CHUNK, chunk_ids) if chunk_ids else set()
+        missing_chunks = [c for c in chunk_ids if c not in on_server]
+        result.chunks_sent = len(missing_chunks)
+        if on_total is not None:
+            on_total(sum(_sizes(repo, missing_chunks)))
+        await _send_chunks(repo, session, missing_chunks, on_bytes)
+        missing_objects = await _missing_objects(session, objects)
+        result.objects_sent = len(missing_objects)
+        await _send_objects(repo, session, missing_objects)
+        await session.update_refs([RefChange(ref, remote_old, tip, force)])
+        result.bytes_sent = session.bytes_sent
+        return result
+    finally:
+        result.seconds = time.perf_counter() - started
+        await session.close()
+
+
+async def _plan_push(
+    repo: Repository, session: RemoteSession, tip: ObjectId
+) -> tuple[list[ObjectId], list[ObjectId], int]:
+    """Objects the server may lack, chunk ids to ask about, and the chunk count of ``tip``."""
+    commits = _local_commits(repo, tip)
+    have = await session.have(BlobKind.OBJECT, commits)
+    todo = [c for c in commits if c not in have]
+    objects: list[ObjectId] = list(todo)
+    level: list[ObjectId] = []
+    for oid in todo:
+        commit = repo.get_object(oid)
+        assert isinstance(commit, Commit)
+        level.append(commit.tree)
+    chunk_ids: dict[ObjectId, None] = {}
+    seen: set[ObjectId] = set(todo)
+    while level:
+        level = [o for o in dict.fromkeys(level) if o not in seen]
+        seen.update(level)
+        if not level:
+            break
+        present = await session.have(BlobKind.OBJECT, level)
+        next_level: list[ObjectId] = []
+        for oid in level:
+            if oid in present:
+                continue
+            objects.append(oid)
+            obj = repo.get_object(oid)
+            if isinstance(obj, Tree):
+                next_level.extend(e.id for e in obj.entries)
+            elif isinstance(obj, Manifest):
+                chunk_ids.update((c.id, None) for c in obj.chunks)
+        level = next_level
+    total = _count_tip_chunks(repo, tip)
+    return objects, list(chunk_ids), total
+
+
+def _local_commits(repo: Repository, tip: ObjectId) -> list[ObjectId]:
+    out: list[ObjectId] = []
+    seen: set[ObjectId] = set()
+    stack = [tip]
+    while stack:
+        oid = stack.pop()
+        if oid in seen:
+            continue
+        seen.add(oid)
+        out.append(oid)
+        commit = repo.get_object(oid)
+        assert isinstance(commit, Commit)
+        stack.extend(commit.parents)
+    return out
+
+
+def _count_tip_chunks(repo: Repository, tip: ObjectId) -> int:
+    commit = repo.get_object(tip)
+    assert isinstance(commit, Commit)
+    chunks: set[ObjectId] = set()
+    stack = [commit.tree]
+    while stack:
+        obj = repo.get_object(stack.pop())
+        if isinstance(obj, Tree):
+            stack.extend(e.id for e in obj.entries)
+        elif isinstance(obj, Manifest):
+            chunks.update(c.id for c in obj.chunks)
+    return len(chunks)
+
+
+def _sizes(repo: Repository, ids: Iterable[ObjectId]) -> Iterable[int]:
+    locate = getattr(repo.chunks, "locate", None)
+    for oid in ids:
+        yield locate(oid).plain_size if locate is not None else 0
+
+
+async def _missing_objects(session: RemoteSession, objects: list[ObjectId]) -> list[ObjectId]:
+    present = await session.have(BlobKind.OBJECT, objects) if objects else set()
+    return [o for o in objects if o not in present]
+
+
+def _read_chunk_batch(repo: Repository, ids: list[ObjectId]) -> list[PutChunk]:
+    """The at-rest form is sent as is: RAW or one zstd frame (the server verifies both)."""
+    get_stored = getattr(repo.chunks, "get_stored", None)
+    out = []
+    for oid in ids:
+        if get_stored is not None:
+            stored, plain_size = get_stored(oid)
+            out.append(PutChunk(oid, Encoding(stored[0]), plain_size, memoryview(stored)[1:]))
+        else:
+            data = repo.chunks.get(oid)
+            out.append(PutChunk(oid, Encoding.RAW, len(data), data))
+    return out
+
+
+async def _send_chunks(
+    repo: Repository, session: RemoteSession, ids: list[ObjectId], on_bytes: Progress | None
+) -> None:
+    if not ids:
+        return
+    sizes = list(_sizes(repo, ids))
+    batches: list[list[ObjectId]] = []
+    current: list[ObjectId] = []
+    size = 0
+    for oid, n in zip(ids, sizes, strict=True):
+        current.append(oid)
+        size += n
+        if size >= BATCH_BYTES:
+            batches.append(current)
+            current, size = [], 0
+    if current:
+        batches.append(current)
+    queue: asyncio.Queue[list[ObjectId]] = asyncio.Queue()
+    for batch in batches:
+        queue.put_nowait(batch)
+
+    async def worker() -> None:
+        while not queue.empty():
+            batch = queue.get_nowait()
+            msgs = await asyncio.to_thread(_read_chunk_batch, repo, batch)
+            await session.put(msgs)
+            if on_bytes is not None:
+                on_bytes(sum(m.plain_size for m in msgs))
+
+    streams = min(PUT_STREAMS, session.limits.max_streams, len(batches))
+    await asyncio.gather(*(worker() for _ in range(streams)))
+
+
+async def _send_objects(repo: Repository, session: RemoteSession, ids: list[ObjectId]) -> None:
+    batch: list[PutObject] = []
+    size = 0
+    for oid in ids:
+        data = repo.objects.get(oid)
+        batch.append(PutObject(oid, data))
+        size += len(data)
+        if size >= BATCH_BYTES:
+            await session.put(batch)
+            batch, size = [], 0
+    if batch:
+        await session.put(batch)
+
+
+# -- fetch and clone ------------------------------------------------------------------------------
+
+
+def fetch(
+    repo: Repository,
+    remote: str | None = None,
+    *,
+    on_total: Progress | None = None,
+    on_bytes: Progress | None = None,
+) -> FetchResult:
+    """Download every branch of ``remote`` the local store lacks; update remote-tracking refs."""
+    spec = get_remote(repo.config, remote)
+    return asyncio.run(_fetch(repo, spec, on_total, on_bytes))
+
+
+async def _fetch(
+    repo: Repository,
+    spec: RemoteSpec,
+    on_total: Progress | None,
+    on_bytes: Progress | None,
+) -> FetchResult:
+    started = time.perf_counter()
+    result = FetchResult(spec.name)
+    session = await open_session(spec)
+    try:
+        result.transport = session.transport
+        refs = await session.list_refs(HEADS)
+        result.head = refs.head
+        tips = refs.as_dict()
+        objects, chunks = await _fetch_objects(repo, session, list(tips.values()))
+        result.objects_received = len(objects)
+        local = repo.chunks.has_many([c for c, _ in chunks])
+        missing = [(c, size) for c, size in chunks if c not in local]
+        if on_total is not None:
+            on_total(sum(size for _, size in missing))
+        result.chunks_received = await _fetch_chunks(
+            repo, session, [c for c, _ in missing], on_bytes
+        )
+        # Objects after the chunks they reach, refs last (see the module docstring).
+        for i in range(0, len(objects), 4096):
+            repo.objects.put_many(objects[i : i + 4096])
+        updates = []
+        for ref, tip in tips.items():
+            tracking = REMOTES + f"{spec.name}/{ref[len(HEADS) :]}"
+            old = repo.refs.get_ref(tracking)
+            if old != tip:
+                updates.append(RefUpdate(tracking, tip, old))
+                result.updated[ref[len(HEADS) :]] = tip.hex()
+        if updates:
+            repo.refs.update_refs(updates)
+        result.bytes_received = session.bytes_received
+        return result
+    finally:
+        result.seconds = time.perf_counter() - started
+        await session.close()
+
+
+async def _fetch_objects(
+    repo: Repository, session: RemoteSession, tips: list[ObjectId]
+) -> tuple[list[tuple[ObjectId, bytes]], list[tuple[ObjectId, int]]]:
+    """Every object reachable from ``tips`` the local store lacks, verified and decoded."""
+    got: list[tuple[ObjectId, bytes]] = []
+    chunks: dict[ObjectId, int] = {}
+    seen: set[ObjectId] = set()
+    level = tips
+    while level:
+        level = [o for o in dict.fromkeys(level) if o not in seen]
+        seen.update(level)
+        local = repo.objects.has_many(level)
+        wanted = [o for o in level if o not in local]
+        next_level: list[ObjectId] = []
+        for oid in level:
+            if oid in local:
+                _children(repo.get_object(oid), next_level, chunks, local_only=True)
+        step = session.limits.max_batch
+        for i in range(0, len(wanted), step):
+            async for blob in session.get(BlobKind.OBJECT, wanted[i : i + step]):
+                data = bytes(decode_chunk_data(blob, session.limits.max_object_size))
+                if object_id(data) != blob.id:
+                    raise CorruptObjectError(
+                        f"the server sent wrong bytes for object {short_id(blob.id)}"
+                    )
+                got.append((blob.id, data))
+                _children(decode_object(data), next_level, chunks, local_only=False)
+        level = next_level
+    return got, list(chunks.items())
+
+
+def _children(
+    obj: Object, out: list[ObjectId], chunks: dict[ObjectId, int], *, local_only: bool
+) -> None:
+    if isinstance(obj, Commit):
+        out.append(obj.tree)
+        out.extend(obj.parents)
+    elif isinstance(obj, Tree):
+        out.extend(e.id for e in obj.entries)
+    elif isinstance(obj, Manifest):
+        for c in obj.chunks:
+            chunks[c.id] = c.size
+    del local_only
+
+
+async def _fetch_chunks(
+    repo: Repository, session: RemoteSession, ids: list[ObjectId], on_bytes: Progress | None
+) -> int:
+    if not ids:
+        return 0
+    per_request = 32
+    batches = [ids[i : i + per_request] for i in range(0, len(ids), per_request)]
+    queue: asyncio.Queue[list[ObjectId]] = asyncio.Queue()
+    for batch in batches:
+        queue.put_nowait(batch)
+    received = 0
+    limit = session.limits.max_chunk_size
+
+    def verify_and_store(items: list[tuple[ObjectId, Encoding, int, bytes]]) -> int:
+        plain = []
+        for oid, enc, size, data in items:
+            msg = PutChunk(oid, enc, size, data)
+            chunk = decode_chunk_data(msg, limit)
+            verify_chunk(oid, chunk)
+            plain.append((oid, chunk))
+        repo.chunks.put_many(plain)
+        return sum(len(c) for _, c in plain)
+
+    async def worker() -> None:
+        nonlocal received
+        while not queue.empty():
+            batch = queue.get_nowait()
+            items = [
+                (b.id, Encoding(b.encoding), b.plain_size, bytes(b.data))
+                async for b in session.get(BlobKind.CHUNK, batch)
+            ]
+            stored = await asyncio.to_thread(verify_and_store, items)
+            received += len(items)
+            if on_bytes is not None:
+                on_bytes(stored)
+
+    await asyncio.gather(*(worker() for _ in range(min(PUT_STREAMS, len(batches)))))
+    return received
+
+
+def clone(
+    url: str,
+    target: Path,
+    *,
+    token: str | None = None,
+    transport: str | None = None,
+    on_total: Progress | None = None,
+    on_bytes: Progress | None = None,
+    on_checkout: Progress | None = None,
+) -> tuple[Repository, FetchResult]:
+    """Create ``target``, fetch everything from ``url`` and check out the server's HEAD branch.
+
+    An interrupted clone can be resumed by running it again on the same folder: chunks already
+    stored are not downloaded again.
+    """
+    from dits.ops.checkout import switch
+
+    parse_url(url)  # refuse a bad URL before creating anything
+    resuming = (target / ".dits").is_dir()
+    if target.exists() and any(target.iterdir()) and not resuming:
+        raise UsageError(f"{target} exists and is not empty")
+    target.mkdir(parents=True, exist_ok=True)
+    repo = Repository.open(target) if resuming else Repository.init(target)
+    if not resuming:
+        add_remote(repo.config, "origin", url, token=token)
+        if transport:
+            repo.config.set("remote.origin.transport", transport)
+    result = fetch(repo, "origin", on_total=on_total, on_bytes=on_bytes)
+    branch = result.head[len(HEADS) :] if result.head.startswith(HEADS) else ""
+    tip = repo.refs.get_ref(REMOTES + f"origin/{branch}") if branch else None
+    if tip is not None:
+        if repo.refs.get_ref(HEADS + branch) is None:
+            repo.refs.update_refs([RefUpdate(HEADS + branch, tip, None)])
+        repo.refs.set_head(HEADS + branch)
+        if repo.head_commit() != tip:
+            raise ConflictError(f"local branch {branch} differs from origin; not checking out")
+        switch(repo, branch, force=True, on_plan=on_checkout)
+    return repo, result

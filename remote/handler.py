@@ -1,0 +1,227 @@
+"""The asyncio glue between a transport stream and ``RemoteService``: one request per call.
+
+Frames are read with ``RequestAssembler.bytes_needed`` (exactly one header, then exactly one
+payload), so a request is never read past its FINAL frame. Work that hashes, decompresses or
+touches storage runs in a thread pool (BLAKE3, zstd and LMDB release the GIL). Uploads are
+processed batch by batch while the next batch is read, so the network and the CPU overlap
+with at most two batches in memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from dits.protocol import (
+    Get,
+    Have,
+    HaveResult,
+    Hello,
+    ListRefs,
+    Message,
+    Permission,
+    Ping,
+    Pong,
+    ProtocolViolation,
+    PutChunk,
+    PutObject,
+    PutResult,
+    Refs,
+    RefsUpdated,
+    RemoteError,
+    RequestAssembler,
+    Stats,
+    StatsResult,
+    UnauthenticatedError,
+    UpdateRefs,
+    Welcome,
+    encode_message,
+    error_frame_for,
+    negotiate_version,
+)
+from dits.transport import ConnInfo, StreamWriterLike
+from remote.service import RemoteService, Session
+
+__all__ = ["RequestHandler"]
+
+log = logging.getLogger("dits.remote")
+
+_T = TypeVar("_T")
+_BATCH_BYTES = 16 << 20
+_request_ids = itertools.count(1)
+
+
+class RequestHandler:
+    """``dits.transport.Handler`` for dits-remote."""
+
+    def __init__(self, service: RemoteService, *, threads: int = 4) -> None:
+        self.service = service
+        self.limits = service.limits
+        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="dits-remote")
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
+
+    async def _run(self, fn: Callable[..., _T], *args: Any) -> _T:
+        return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+
+    async def __call__(
+        self, reader: asyncio.StreamReader, writer: StreamWriterLike, info: ConnInfo
+    ) -> None:
+        rid = f"{info.conn_id}.{next(_request_ids)}"
+        asm = RequestAssembler(self.limits)
+        kind = "?"
+        try:
+            first = await self._read(reader, asm)
+            if not first:
+                return
+            kind = type(first[0]).__name__
+            await self._dispatch(first, asm, reader, writer, info, rid)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            log.info("%s %s: client went away", rid, kind)
+            writer.abort()
+        except RemoteError as exc:
+            level = logging.WARNING if isinstance(exc, ProtocolViolation) else logging.INFO
+            log.log(level, "%s %s refused: %s", rid, kind, exc)
+            await self._send(writer, error_frame_for(exc))
+            if isinstance(exc, ProtocolViolation):
+                writer.abort()  # the stream's framing is unknown now
+        except Exception as exc:
+            log.exception("%s %s failed", rid, kind)
+            await self._send(writer, error_frame_for(exc))
+
+    async def _read(self, reader: asyncio.StreamReader, asm: RequestAssembler) -> list[Message]:
+        """Read until at least one message (or the request) is complete."""
+        while True:
+            needed = asm.bytes_needed
+            if needed == 0:
+                return []
+            msgs = asm.feed(await reader.readexactly(needed))
+            if msgs:
+                return msgs
+
+    async def _send(self, writer: StreamWriterLike, msg: Message) -> None:
+        try:
+            for buf in encode_message(msg, final=True, max_payload=self.limits.max_payload):
+                writer.write(buf)
+            await writer.drain()
+        except (ConnectionError, RuntimeError):
+            writer.abort()
+
+    def _session(self, info: ConnInfo) -> Session:
+        session = info.state.get("session")
+        if session is None:
+            raise UnauthenticatedError("send Hello first")
+        assert isinstance(session, Session)
+        self.service.check_session(session, info.state["token"])
+        return session
+
+    async def _dispatch(
+        self,
+        first: list[Message],
+        asm: RequestAssembler,
+        reader: asyncio.StreamReader,
+        writer: StreamWriterLike,
+        info: ConnInfo,
+        rid: str,
+    ) -> None:
+        msg = first[0]
+        svc = self.service
+        if isinstance(msg, Ping):
+            await self._send(writer, Pong(msg.nonce))
+        elif isinstance(msg, Hello):
+            version = negotiate_version(msg.versions)
+            session = await self._run(svc.open_session, msg.token, msg.repo)
+            info.state["session"] = session
+            info.state["token"] = msg.token
+            log.info(
+                "%s hello repo=%s perms=%s agent=%s", rid, msg.repo, session.permissions, msg.agent
+            )
+            await self._send(
+                writer, Welcome(version, session.permissions, svc.server_id, self.limits)
+            )
+        elif isinstance(msg, ListRefs):
+            session = await self._run(self._session, info)
+            refs = await self._run(svc.list_refs, session, msg.prefix)
+            head = "refs/heads/main" if "refs/heads/main" in refs else next(iter(refs), "")
+            await self._send(writer, Refs(head, tuple(sorted(refs.items()))))
+        elif isinstance(msg, Have):
+            session = await self._run(self._session, info)
+            present = await self._run(svc.have, session, msg.kind, msg.ids)
+            await self._send(writer, HaveResult(msg.kind, tuple(present)))
+        elif isinstance(msg, Get):
+            session = await self._run(self._session, info)
+            await self._serve_get(session, msg, writer)
+        elif isinstance(msg, PutChunk | PutObject):
+            session = await self._run(self._session, info)
+            await self._serve_put(session, first, asm, reader, writer, rid)
+        elif isinstance(msg, UpdateRefs):
+            session = await self._run(self._session, info)
+            report = await self._run(svc.update_refs, session, msg.changes)
+            log.info(
+                "%s update-refs repo=%s %s promoted=%d packs=%d bytes=%d",
+                rid,
+                session.repo,
+                ",".join(c.name for c in msg.changes),
+                report.promoted,
+                report.packs,
+                report.bytes_stored,
+            )
+            await self._send(writer, RefsUpdated(len(msg.changes)))
+            if report.released:
+                await self._run(svc.temp_maintenance)
+        elif isinstance(msg, Stats):
+            session = await self._run(self._session, info)
+            session.require(Permission.ADMIN)
+            doc = {"server_id": svc.server_id, **svc.counters, **svc.index.stats()}
+            await self._send(writer, StatsResult(json.dumps(doc)))
+        else:
+            raise ProtocolViolation(f"{type(msg).__name__} is not a request")
+
+    async def _serve_get(self, session: Session, msg: Get, writer: StreamWriterLike) -> None:
+        blobs = await self._run(lambda: list(self.service.get(session, msg.kind, msg.ids)))
+        last = len(blobs) - 1
+        for i, blob in enumerate(blobs):
+            for buf in encode_message(blob, final=i == last, max_payload=self.limits.max_payload):
+                writer.write(buf)
+            await writer.drain()
+
+    async def _serve_put(
+        self,
+        session: Session,
+        first: list[Message],
+        asm: RequestAssembler,
+        reader: asyncio.StreamReader,
+        writer: StreamWriterLike,
+        rid: str,
+    ) -> None:
+        svc = self.service
+        store = svc.put_chunks if isinstance(first[0], PutChunk) else svc.put_objects
+        batch: list[Any] = list(first)
+        size = sum(len(m.data) for m in batch if isinstance(m, PutChunk | PutObject))
+        accepted = new = 0
+        pending: asyncio.Future[tuple[int, int]] | None = None
+        while not asm.complete:
+            msgs = await self._read(reader, asm)
+            batch += msgs
+            size += sum(len(m.data) for m in msgs if isinstance(m, PutChunk | PutObject))
+            if size >= _BATCH_BYTES:
+                if pending is not None:
+                    a, n = await pending
+                    accepted, new = accepted + a, new + n
+                loop = asyncio.get_running_loop()
+                pending = loop.run_in_executor(self.pool, store, session, batch)
+                batch, size = [], 0
+        if pending is not None:
+            a, n = await pending
+            accepted, new = accepted + a, new + n
+        if batch:
+            a, n = await self._run(store, session, batch)
+            accepted, new = accepted + a, new + n
+        log.debug("%s put repo=%s accepted=%d new=%d", rid, session.repo, accepted, new)
+        await self._send(writer, PutResult(accepted, new))

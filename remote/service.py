@@ -1,0 +1,485 @@
+"""What dits-remote does with each request, independent of the transport (synchronous, thread-safe).
+
+The asyncio handler (``remote.handler``) decodes frames and calls these methods in a thread
+pool; tests may call them directly. The push protocol follows RELIABILITY.md 2.3:
+
+1. ``have``: answered from the index, scoped to what this caller may read in this repository
+   plus what this uploader already uploaded here (so an interrupted push resumes).
+2. ``put_chunks`` / ``put_objects``: every byte is decompressed under a cap and re-hashed, even
+   when the server already holds that id; then written to the temporary store, made durable,
+   and only then recorded as this uploader's temp entry.
+3. ``update_refs``: fast-forward check, connectivity check from each new tip (a walk that stops
+   at what the repository can already see), promotion of the walked temp blobs into permanent
+   storage as pack objects (create-only, durable), then one durable index transaction that
+   records the locations, makes the closure visible and moves every ref by compare-and-swap.
+   A crash before that transaction leaves at most unreferenced pack objects (``fsck`` lists
+   them); a crash after it loses nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import blake3
+
+from dits.core.codec import DecodeError, decode_object, object_id
+from dits.core.compression import decode_stored
+from dits.core.ids import ObjectId, hash_bytes, short_id
+from dits.core.objects import Commit, Manifest, Symlink, Tree
+from dits.errors import ObjectNotFoundError
+from dits.protocol import (
+    Blob,
+    BlobKind,
+    Encoding,
+    ForbiddenError,
+    HashMismatchError,
+    InvalidObjectError,
+    Limits,
+    MissingObjectsError,
+    NonFastForwardError,
+    NotFoundError,
+    NotFoundOrForbiddenError,
+    Permission,
+    PutChunk,
+    PutObject,
+    RefChange,
+    decode_chunk_data,
+    verify_chunk,
+)
+from dits.store.lmdb import LmdbEnvironment
+from dits.store.packs import PackBlobStore
+from remote.index import BlobLocation, RefCas, ServerIndex, uploader_key
+from remote.storage import PermanentStorage, StorageNotFoundError
+
+__all__ = ["PACK_SIZE", "PushReport", "RemoteService", "Session", "pack_key"]
+
+log = logging.getLogger("dits.remote")
+
+PACK_SIZE = 32 << 20  # promoted blobs are packed into objects of about this size (see docs)
+_RECORD_HEAD = 36  # id + u32 stored length, as in client packs
+_REF_PREFIX = "refs/heads/"
+
+
+@dataclass
+class Session:
+    """An authenticated connection's view: which repository, what it may do, who uploads."""
+
+    repo: str
+    repo_id: int
+    permissions: Permission
+    uploader: bytes
+
+    def require(self, needed: Permission) -> None:
+        if needed & self.permissions != needed:
+            raise ForbiddenError(f"this token may not {(needed.name or 'do that').lower()} {self.repo}")
+
+
+@dataclass
+class PushReport:
+    """What one ref update promoted (for logs and stats)."""
+
+    walked: int = 0
+    promoted: int = 0
+    packs: int = 0
+    bytes_stored: int = 0
+    released: list[tuple[BlobKind, ObjectId]] = field(default_factory=list)
+
+
+def pack_key(pack: bytes) -> str:
+    hexed = pack.hex()
+    return f"packs/{hexed[:2]}/{hexed}"
+
+
+class RemoteService:
+    """The server's state: index, temporary store, permanent storage, tokens."""
+
+    def __init__(
+        self,
+        root: Path,
+        storage: PermanentStorage,
+        tokens: object,
+        *,
+        limits: Limits | None = None,
+        server_id: str = "dits-remote",
+    ) -> None:
+        self.root = root
+        self.limits = limits or Limits()
+        self.server_id = server_id
+        self.index = ServerIndex(root / "index")
+        self.temp_env = LmdbEnvironment(root / "temp")
+        self.temp = PackBlobStore(
+            self.temp_env, root / "temp" / "packs", max_value_size=self.limits.max_object_size
+        )
+        self.storage = storage
+        self.tokens = tokens
+        self._promote_lock = threading.Lock()
+        self.counters: dict[str, int] = {
+            "chunks_received": 0,
+            "bytes_received": 0,
+            "objects_received": 0,
+            "pushes": 0,
+            "blobs_served": 0,
+            "bytes_served": 0,
+        }
+
+    def close(self) -> None:
+        self.temp.close()
+        self.temp_env.close()
+        self.index.close()
+
+    # -- hello -----------------------------------------------------------------------------------
+
+    def open_session(self, token: bytes, repo: str) -> Session:
+        """Authenticate ``token`` for ``repo``.
+
+        Raises:
+            UnauthenticatedError: a malformed, unknown, revoked or expired token.
+            NotFoundOrForbiddenError: no such repository, or no access (indistinguishable).
+        """
+        permissions = self.tokens.authenticate(token, repo)  # type: ignore[attr-defined]
+        repo_id = self.index.repo_id(repo)
+        if repo_id is None or not permissions & Permission.READ:
+            raise NotFoundOrForbiddenError(f"repository {repo!r} not found or not accessible")
+        return Session(repo, repo_id, Permission(permissions), uploader_key(_token_id(token)))
+
+    def check_session(self, session: Session, token: bytes) -> None:
+        """Re-validate on every request, so a revoked token stops working at once."""
+        permissions = self.tokens.authenticate(token, session.repo)  # type: ignore[attr-defined]
+        if not permissions & Permission.READ:
+            raise NotFoundOrForbiddenError(
+                f"repository {session.repo!r} not found or not accessible"
+            )
+        session.permissions = Permission(permissions)
+
+    # -- reads -----------------------------------------------------------------------------------
+
+    def list_refs(self, session: Session, prefix: str) -> dict[str, ObjectId]:
+        session.require(Permission.READ)
+        return self.index.refs(session.repo_id, prefix)
+
+    def have(self, session: Session, kind: BlobKind, ids: tuple[ObjectId, ...]) -> list[bool]:
+        session.require(Permission.READ)
+        return self.index.have(session.repo_id, session.uploader, kind, ids)
+
+    def get(self, session: Session, kind: BlobKind, ids: tuple[ObjectId, ...]) -> Iterator[Blob]:
+        """Blobs in request order; ranges that touch in one pack are read with one request.
+
+        Raises:
+            NotFoundError: an id is absent or not readable in this repository (one answer).
+        """
+        session.require(Permission.READ)
+        places = self.index.locate_visible(session.repo_id, kind, ids)
+        i = 0
+        while i < len(ids):
+            where = places[i]
+            if where is None:
+                raise NotFoundError(
+                    f"{kind.name.lower()} {short_id(ids[i])} not found", ids=[ids[i]]
+                )
+            j = i + 1
+            end = where.offset + where.stored_size
+            while j < len(ids) and j - i < 256:
+                nxt = places[j]
+                if nxt is None or nxt.pack != where.pack or nxt.offset != end + _RECORD_HEAD:
+                    break
+                end = nxt.offset + nxt.stored_size
+                j += 1
+            try:
+                data = self.storage.get(pack_key(where.pack), where.offset, end - where.offset)
+            except StorageNotFoundError:
+                raise NotFoundError(
+                    f"{kind.name.lower()} {short_id(ids[i])} is missing from storage; "
+                    "run 'dits-remote fsck'",
+                    ids=[ids[i]],
+                ) from None
+            view = memoryview(data)
+            pos = 0
+            for k in range(i, j):
+                loc = places[k]
+                assert loc is not None
+                stored = view[pos : pos + loc.stored_size]
+                pos += loc.stored_size + _RECORD_HEAD
+                self.counters["blobs_served"] += 1
+                self.counters["bytes_served"] += loc.stored_size
+                yield Blob(ids[k], Encoding(stored[0]), loc.plain_size, stored[1:])
+            i = j
+
+    # -- uploads ---------------------------------------------------------------------------------
+
+    def put_chunks(self, session: Session, msgs: list[PutChunk]) -> tuple[int, int]:
+        """Verify and store a batch of chunks in the temporary tier. Returns (accepted, new).
+
+        Raises:
+            HashMismatchError: a chunk's bytes do not hash to its id; nothing of the batch
+                is recorded.
+            TooLargeError: a size limit was exceeded.
+        """
+        session.require(Permission.WRITE)
+        plain = []
+        for msg in msgs:
+            data = decode_chunk_data(msg, self.limits.max_chunk_size)
+            verify_chunk(msg.id, data)  # every received byte, even for ids we already hold
+            plain.append((msg.id, data))
+        return self._store_temp(session, BlobKind.CHUNK, plain)
+
+    def put_objects(self, session: Session, msgs: list[PutObject]) -> tuple[int, int]:
+        """Verify (hash and canonical decode) and store objects in the temporary tier."""
+        session.require(Permission.WRITE)
+        items = []
+        for msg in msgs:
+            if object_id(msg.data) != msg.id:
+                raise HashMismatchError(
+                    f"object {short_id(msg.id)}: its bytes hash to something else", ids=[msg.id]
+                )
+            try:
+                decode_object(msg.data)  # receive-side fsck: hostile names, bad sizes
+            except (DecodeError, ValueError) as exc:
+                raise InvalidObjectError(
+                    f"object {short_id(msg.id)}: {exc}", ids=[msg.id]
+                ) from None
+            items.append((msg.id, msg.data))
+        return self._store_temp(session, BlobKind.OBJECT, items)
+
+    def _store_temp(
+        self, session: Session, kind: BlobKind, items: list[tuple[ObjectId, bytes | memoryview]]
+    ) -> tuple[int, int]:
+        if not items:
+            return 0, 0
+        already = self.index.have(session.repo_id, session.uploader, kind, [i for i, _ in items])
+        fresh = [item for item, have in zip(items, already, strict=True) if not have]
+        if fresh:
+            self.temp.put_many(fresh)
+            self.temp_env.durable()  # bytes on disk before the entry that promises them
+            self.index.add_temp(session.repo_id, session.uploader, [(kind, i) for i, _ in fresh])
+        key = "chunks_received" if kind is BlobKind.CHUNK else "objects_received"
+        self.counters[key] += len(items)
+        self.counters["bytes_received"] += sum(len(d) for _, d in items)
+        return len(items), len(fresh)
+
+    # -- ref updates -----------------------------------------------------------------------------
+
+    def update_refs(self, session: Session, changes: tuple[RefChange, ...]) -> PushReport:
+        """Connectivity check, promotion and the atomic compare-and-swap of every ref.
+
+        Raises:
+            StaleRefError: a ref is not at the client's expected old value.
+            NonFastForwardError: a move that loses commits, without ``force``.
+            MissingObjectsError: the new tips reach blobs that are neither visible in this
+                repository nor uploaded in this push (ids listed).
+        """
+        session.require(Permission.WRITE)
+        current = self.index.refs(session.repo_id)
+        for change in changes:
+            _check_ref_name(change.name)
+            if current.get(change.name) != change.expected_old:
+                from dits.protocol import StaleRefError
+
+                raise StaleRefError(
+                    f"{change.name} is not where you last saw it; pull and push again",
+                    ref=change.name,
+                )
+        with self._promote_lock:
+            walk = _Walk(self, session)
+            for change in changes:
+                if change.new is not None:
+                    walk.reach(change.new)
+            if walk.missing:
+                missing = sorted(walk.missing)
+                raise MissingObjectsError(
+                    f"the push is incomplete: {len(missing)} objects or chunks are missing",
+                    ids=missing[:1000],
+                )
+            for change in changes:
+                old = current.get(change.name)
+                moves_back = old is not None and change.new is not None and not change.force
+                if moves_back and not walk.is_ancestor(old, change.new):  # type: ignore[arg-type]
+                    raise NonFastForwardError(
+                        f"{change.name}: the server has commits you do not; pull first "
+                        "(or push --force)",
+                        ref=change.name,
+                    )
+            report = self._promote(session, walk, changes)
+        self.counters["pushes"] += 1
+        return report
+
+    def _promote(self, session: Session, walk: _Walk, changes: tuple[RefChange, ...]) -> PushReport:
+        report = PushReport(walked=len(walk.temp_items))
+        placed: dict[tuple[BlobKind, ObjectId], BlobLocation] = {}
+        with self.index.read() as txn:
+            todo = [item for item in walk.temp_items if self.index.location(txn, *item) is None]
+        writer = _PackWriter(self.storage)
+        for kind, oid in todo:
+            stored, plain_size = self.temp.get_stored(oid)  # verified again before promotion
+            placed[(kind, oid)] = writer.add(oid, stored, plain_size)
+            if writer.full():
+                report.packs += 1
+                report.bytes_stored += writer.flush(placed)
+        if writer.pending():
+            report.packs += 1
+            report.bytes_stored += writer.flush(placed)
+        report.promoted = len(placed)
+        cas = [RefCas(c.name, c.expected_old, c.new) for c in changes]
+        report.released = self.index.promote(
+            session.repo_id, session.uploader, placed, walk.temp_items, cas
+        )
+        if report.released:
+            self.temp.delete_many([oid for _, oid in report.released])
+        return report
+
+    def temp_maintenance(self) -> None:
+        """Give back the space of promoted temp blobs (run after pushes and by gc)."""
+        self.temp.repack()
+
+
+class _PackWriter:
+    """Collects promoted blobs into one pack object: records as in client packs."""
+
+    def __init__(self, storage: PermanentStorage) -> None:
+        self.storage = storage
+        self.buf = bytearray()
+        self.entries: list[tuple[tuple[BlobKind, ObjectId], int, int, int]] = []
+        self._keys: list[tuple[BlobKind, ObjectId]] = []
+
+    def add(self, oid: ObjectId, stored: bytes, plain_size: int) -> BlobLocation:
+        offset = len(self.buf) + _RECORD_HEAD
+        self.buf += oid
+        self.buf += len(stored).to_bytes(4, "little")
+        self.buf += stored
+        # The pack hash is known only at flush; flush() rewrites these placeholders.
+        return BlobLocation(b"\0" * 32, offset, len(stored), plain_size)
+
+    def full(self) -> bool:
+        return len(self.buf) >= PACK_SIZE
+
+    def pending(self) -> bool:
+        return bool(self.buf)
+
+    def flush(self, placed: dict[tuple[BlobKind, ObjectId], BlobLocation]) -> int:
+        pack = blake3.blake3(self.buf).digest()
+        self.storage.put(pack_key(pack), memoryview(self.buf))  # create-only; a retry verifies
+        for key, where in placed.items():
+            if where.pack == b"\0" * 32:
+                placed[key] = BlobLocation(pack, where.offset, where.stored_size, where.plain_size)
+        size = len(self.buf)
+        self.buf = bytearray()
+        return size
+
+
+class _Walk:
+    """The connectivity check: everything reachable from the new tips, stopping at what the
+    repository can already see, must be visible or uploaded by this uploader to it."""
+
+    def __init__(self, service: RemoteService, session: Session) -> None:
+        self.service = service
+        self.session = session
+        self.seen: set[tuple[BlobKind, ObjectId]] = set()
+        self.temp_items: list[tuple[BlobKind, ObjectId]] = []
+        self.missing: set[ObjectId] = set()
+        self.commits: dict[ObjectId, tuple[ObjectId, ...]] = {}
+
+    def _state(self, kind: BlobKind, oid: ObjectId) -> str:
+        index, s = self.service.index, self.session
+        with index.read() as txn:
+            if index.is_visible(txn, s.repo_id, kind, oid):
+                return "visible"
+            if index.is_temp(txn, s.repo_id, s.uploader, kind, oid):
+                return "temp"
+        return "missing"
+
+    def reach(self, tip: ObjectId) -> None:
+        stack: list[tuple[BlobKind, ObjectId]] = [(BlobKind.OBJECT, tip)]
+        chunk_batch: list[ObjectId] = []
+        while stack:
+            kind, oid = stack.pop()
+            if (kind, oid) in self.seen:
+                continue
+            self.seen.add((kind, oid))
+            if kind is BlobKind.CHUNK:
+                chunk_batch.append(oid)
+                if len(chunk_batch) >= 4096:
+                    self._chunks(chunk_batch)
+                    chunk_batch = []
+                continue
+            state = self._state(kind, oid)
+            if state == "visible":
+                continue  # its closure is visible too (the index invariant)
+            if state == "missing":
+                self.missing.add(oid)
+                continue
+            self.temp_items.append((kind, oid))
+            obj = decode_object(self.service.temp.get(oid))
+            if isinstance(obj, Commit):
+                self.commits[oid] = obj.parents
+                stack.append((BlobKind.OBJECT, obj.tree))
+                stack.extend((BlobKind.OBJECT, p) for p in obj.parents)
+            elif isinstance(obj, Tree):
+                for entry in obj.entries:
+                    stack.append((BlobKind.OBJECT, entry.id))
+            elif isinstance(obj, Manifest):
+                stack.extend((BlobKind.CHUNK, c.id) for c in obj.chunks)
+            elif isinstance(obj, Symlink):
+                pass
+        if chunk_batch:
+            self._chunks(chunk_batch)
+
+    def _chunks(self, ids: list[ObjectId]) -> None:
+        s = self.session
+        present = self.service.index.have(s.repo_id, s.uploader, BlobKind.CHUNK, ids)
+        with self.service.index.read() as txn:
+            for oid, have in zip(ids, present, strict=True):
+                if not have:
+                    self.missing.add(oid)
+                elif not self.service.index.is_visible(txn, s.repo_id, BlobKind.CHUNK, oid):
+                    self.temp_items.append((BlobKind.CHUNK, oid))
+
+    def is_ancestor(self, old: ObjectId, new: ObjectId) -> bool:
+        """Is ``old`` reachable from ``new``? Walks uploaded commits, then visible ones."""
+        seen: set[ObjectId] = set()
+        stack = [new]
+        while stack:
+            oid = stack.pop()
+            if oid == old:
+                return True
+            if oid in seen:
+                continue
+            seen.add(oid)
+            parents = self.commits.get(oid)
+            if parents is None:
+                parents = self._visible_parents(oid)
+            stack.extend(parents)
+        return False
+
+    def _visible_parents(self, oid: ObjectId) -> tuple[ObjectId, ...]:
+        blobs = list(self.service.get(self.session, BlobKind.OBJECT, (oid,)))
+        blob = blobs[0]
+        data = bytes(blob.data)
+        plain = decode_stored(
+            bytes([blob.encoding]) + data, max_size=self.service.limits.max_object_size
+        )
+        if hash_bytes(plain) != oid:
+            raise ObjectNotFoundError(f"object {short_id(oid)} is corrupt in storage")
+        obj = decode_object(plain)
+        return obj.parents if isinstance(obj, Commit) else ()
+
+
+def _check_ref_name(name: str) -> None:
+    from dits.repository import validate_branch_name
+
+    if not name.startswith(_REF_PREFIX):
+        raise InvalidObjectError(f"ref {name!r} is not under {_REF_PREFIX}", ref=name)
+    try:
+        validate_branch_name(name[len(_REF_PREFIX) :])
+    except Exception as exc:
+        raise InvalidObjectError(f"ref {name!r}: {exc}", ref=name) from None
+
+
+def _token_id(token: bytes) -> str:
+    """The public id inside a token (``dits_<id>_<secret>``), or "anonymous"."""
+    parts = token.split(b"_")
+    if len(parts) >= 3 and parts[0] == b"dits":
+        return parts[1].decode("ascii", "replace")
+    return "anonymous"

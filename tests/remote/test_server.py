@@ -1,0 +1,326 @@
+"""A real dits-remote (subprocess, QUIC and TLS/TCP on 127.0.0.1) driven by the real client."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from dits.core.ids import ObjectId, hash_bytes
+from dits.net.client import open_session
+from dits.protocol import (
+    BlobKind,
+    Encoding,
+    ForbiddenError,
+    HashMismatchError,
+    MissingObjectsError,
+    Ping,
+    Pong,
+    PutChunk,
+    RefChange,
+)
+from dits.remotes import RemoteSpec, parse_url
+from tests.conftest import DitsRunner, random_bytes
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class Server:
+    root: Path
+    port: int
+    proc: subprocess.Popen[str]
+    write_token: str
+    read_token: str
+    other_token: str
+
+    def url(self, repo: str = "proj") -> str:
+        return f"dits://127.0.0.1:{self.port}/{repo}"
+
+    def spec(self, token: str, repo: str = "proj", transport: str = "auto") -> RemoteSpec:
+        return RemoteSpec("origin", parse_url(self.url(repo)), token, transport)
+
+
+def _remote(root: Path, *args: str) -> str:
+    proc = subprocess.run(
+        [sys.executable, "-m", "remote.cli", *args, "--root", str(root)]
+        if args[0] not in ("token",)
+        else [sys.executable, "-m", "remote.cli", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+        check=True,
+    )
+    return proc.stdout.strip()
+
+
+def start_server(root: Path, *extra: str) -> tuple[subprocess.Popen[str], int]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "remote.cli", "serve", "--root", str(root),
+         "--listen", "127.0.0.1:0", *extra],
+        stdout=subprocess.PIPE,
+        stderr=open(root / "server.log", "a"),  # noqa: SIM115 - closed with the process
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if "listening on" not in line:
+        proc.kill()
+        raise AssertionError(f"server did not start: {line!r} {(root / 'server.log').read_text()}")
+    port = int(line.split("listening on ")[1].split(" ")[0].rsplit(":", 1)[1])
+    return proc, port
+
+
+def stop_server(proc: subprocess.Popen[str]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Server]:
+    root = tmp_path / "srv"
+    _remote(root, "init", "proj")
+    _remote(root, "init", "other")
+    write = _remote(root, "token", "create", "--root", str(root), "--repo", "proj", "--write")
+    read = _remote(root, "token", "create", "--root", str(root), "--repo", "proj", "--read")
+    other = _remote(root, "token", "create", "--root", str(root), "--repo", "other", "--write")
+    proc, port = start_server(root)
+    yield Server(root, port, proc, write, read, other)
+    stop_server(proc)
+
+
+def make_repo(dits: DitsRunner, files: dict[str, bytes]) -> None:
+    assert dits("init")[0] == 0
+    for name, data in files.items():
+        path = dits.cwd / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    assert dits("add", ".")[0] == 0
+    assert dits("commit", "-m", "first")[0] == 0
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hash_bytes(p.read_bytes()).hex()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and ".dits" not in p.parts
+    }
+
+
+@pytest.mark.parametrize("transport", ["quic", "tcp"])
+def test_push_then_clone_round_trip(server: Server, tmp_path: Path, transport: str) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    dits = DitsRunner(work)
+    files = {
+        "shots/a.mov": random_bytes(3_000_000, 1),
+        "shots/b.mov": random_bytes(1_500_000, 2),
+        "edit.prproj": b"<xml>" * 2000,
+        "empty.txt": b"",
+    }
+    make_repo(dits, files)
+    dits("remote", "add", "origin", server.url(), "--token", server.write_token)
+    dits("config", "remote.origin.transport", transport)
+    code, out, err = dits("push", "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["transport"] == transport
+    assert report["chunks_sent"] == report["chunks_total"] > 10
+    assert report["objects_sent"] == report["objects_total"] >= 5
+    # Pushing again sends nothing.
+    code, out, _ = dits("push", "--json")
+    assert json.loads(out)["up_to_date"] is True
+    clone_dir = tmp_path / "clone"
+    code, out, err = DitsRunner(tmp_path)(
+        "clone", server.url(), str(clone_dir), "--token", server.read_token,
+        "--transport", transport, "--json",
+    )
+    assert code == 0, err
+    assert json.loads(out)["chunks_received"] == report["chunks_total"]
+    assert tree_digest(clone_dir) == tree_digest(work)
+    assert DitsRunner(clone_dir)("status", "--json")[0] == 0
+    fsck = subprocess.run(
+        [sys.executable, "-m", "remote.cli", "fsck", "--root", str(server.root), "--json"],
+        capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+    )
+    assert fsck.returncode == 0 and json.loads(fsck.stdout)["clean"] is True
+
+
+def test_second_push_sends_only_new_chunks(server: Server, tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    dits = DitsRunner(work)
+    big = random_bytes(4_000_000, 3)
+    make_repo(dits, {"timeline.mov": big})
+    dits("remote", "add", "origin", server.url(), "--token", server.write_token)
+    assert dits("push")[0] == 0
+    (work / "timeline.mov").write_bytes(big[:2_000_000] + b"new frames" + big[2_000_000:])
+    dits("add", ".")
+    dits("commit", "-m", "edit")
+    code, out, err = dits("push", "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["chunks_sent"] <= 2
+    assert report["percent_already_on_server"] > 80
+
+
+def test_read_only_and_bad_tokens_cannot_push(server: Server, tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    dits = DitsRunner(work)
+    make_repo(dits, {"a.bin": random_bytes(100_000, 4)})
+    dits("remote", "add", "origin", server.url(), "--token", server.read_token)
+    code, _, err = dits("push")
+    assert code == 2 and "may not push" in err
+    dits("config", "remote.origin.token", "dits_000000000000_" + "A" * 43)
+    code, _, err = dits("push")
+    assert code == 2 and "invalid or revoked token" in err
+    dits("config", "remote.origin.token", server.other_token)  # valid, but for another repo
+    code, _, err = dits("push")
+    assert code == 2 and "not found or not accessible" in err
+
+
+def test_concurrent_pushers_one_wins_the_other_pulls(server: Server, tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    da = DitsRunner(a)
+    make_repo(da, {"base.txt": b"base\n"})
+    da("remote", "add", "origin", server.url(), "--token", server.write_token)
+    assert da("push")[0] == 0
+    db = DitsRunner(tmp_path)
+    assert db("clone", server.url(), str(b), "--token", server.write_token)[0] == 0
+    db = DitsRunner(b)
+    (a / "from_a.txt").write_text("a")
+    da("add", ".")
+    da("commit", "-m", "a")
+    (b / "from_b.txt").write_text("b")
+    db("add", ".")
+    db("commit", "-m", "b")
+    assert da("push")[0] == 0
+    code, _, err = db("push")
+    assert code == 4 and "pull" in err
+    code, _, err = db("pull")
+    assert code == 0, err
+    assert (b / "from_a.txt").read_text() == "a"
+    assert db("push")[0] == 0
+
+
+def test_server_rejects_bad_bytes_and_keeps_serving(server: Server) -> None:
+    async def scenario() -> None:
+        session = await open_session(server.spec(server.write_token))
+        try:
+            data = random_bytes(1000, 5)
+            wrong = ObjectId(hash_bytes(b"something else"))
+            with pytest.raises(HashMismatchError):
+                await session.put([PutChunk(wrong, Encoding.RAW, len(data), data)])
+            # Nothing was recorded for the lying id.
+            assert await session.have(BlobKind.CHUNK, [wrong]) == set()
+            (pong,) = await session.request([Ping(b"12345678")])
+            assert isinstance(pong, Pong)
+            # Garbage on a fresh stream: an error for that stream, the server lives on.
+            reader, writer = await session.conn.open_stream()
+            writer.write(b"\xff" * 64)
+            writer.write_eof()
+            try:
+                answer = await reader.read()  # an Error frame, or a reset stream
+                assert answer[:1] in (b"", b"\x7f")
+            except ConnectionResetError:
+                pass
+            writer.close()
+            (pong,) = await session.request([Ping(b"abcdefgh")])
+            assert isinstance(pong, Pong)
+        finally:
+            await session.close()
+
+    asyncio.run(scenario())
+
+
+def test_have_is_scoped_and_hashes_are_not_capabilities(server: Server, tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    dits = DitsRunner(work)
+    data = random_bytes(600_000, 6)
+    make_repo(dits, {"secret.mov": data})
+    dits("remote", "add", "origin", server.url(), "--token", server.write_token)
+    assert dits("push")[0] == 0
+    from dits.repository import Repository
+
+    repo = Repository.open(work)
+    chunk_ids = list(repo.chunks.iter_ids())
+    tip = repo.head_commit()
+    repo.close()
+    assert tip is not None
+
+    async def scenario() -> None:
+        session = await open_session(server.spec(server.other_token, repo="other"))
+        try:
+            assert await session.have(BlobKind.CHUNK, chunk_ids) == set()
+            with pytest.raises(MissingObjectsError):
+                await session.update_refs([RefChange("refs/heads/main", None, tip)])
+        finally:
+            await session.close()
+        session = await open_session(server.spec(server.read_token))
+        try:
+            with pytest.raises(ForbiddenError):
+                await session.put([PutChunk(chunk_ids[0], Encoding.RAW, 1, b"x")])
+        finally:
+            await session.close()
+
+    asyncio.run(scenario())
+
+
+def test_interrupted_push_resumes(server: Server, tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    dits = DitsRunner(work)
+    make_repo(dits, {"a.mov": random_bytes(2_000_000, 7)})
+    dits("remote", "add", "origin", server.url(), "--token", server.write_token)
+    from dits.repository import Repository
+
+    repo = Repository.open(work)
+    ids = list(repo.chunks.iter_ids())
+    half = [(oid, repo.chunks.get(oid)) for oid in ids[: len(ids) // 2]]
+    repo.close()
+
+    async def partial_upload() -> None:  # what a push killed after some batches leaves behind
+        session = await open_session(server.spec(server.write_token))
+        try:
+            await session.put([PutChunk(o, Encoding.RAW, len(d), d) for o, d in half])
+        finally:
+            await session.close()
+
+    asyncio.run(partial_upload())
+    code, out, err = dits("push", "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["chunks_sent"] == len(ids) - len(half)
+
+
+def test_changed_server_certificate_is_refused(server: Server, tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    dits = DitsRunner(work)
+    make_repo(dits, {"a.txt": b"a"})
+    dits("remote", "add", "origin", server.url(), "--token", server.write_token)
+    assert dits("push")[0] == 0  # pins the certificate
+    stop_server(server.proc)
+    for name in ("cert.pem", "key.pem"):
+        (server.root / "tls" / name).unlink()
+    server.proc, port = start_server(server.root, "--listen", f"127.0.0.1:{server.port}")
+    assert port == server.port
+    code, _, err = dits("push")
+    assert code == 9
+    assert "dits remote trust" in err
