@@ -11,6 +11,9 @@ import sys
 BENCHMARKS: dict[str, str] = {
     "chunking": "benchmarks.chunking_bench",
     "add": "benchmarks.add_bench",
+    "push": "benchmarks.push_bench",
+    "transport": "benchmarks.transport_bench",
+    "s3": "benchmarks.s3_bench",
 }
 """Benchmark name -> module path; the module defines ``main(argv: list[str] | None) -> int``."""
 

@@ -1,17 +1,24 @@
 """`dits demo`: the main job on embedded defaults, end to end, with real figures.
 
 Creates a sample media project (a synthetic video container, an image sequence, a project
-file), commits it, makes an editor's typical change (a few seconds re-rendered in the middle of
-the video, one frame re-graded, the project file saved), commits again, and reports what the
-second commit had to store versus what it reused.
+file), commits it, starts a local ``dits-remote`` (embedded defaults: a local folder, a
+self-signed certificate, QUIC on 127.0.0.1) and pushes; then makes an editor's typical change (a
+few seconds re-rendered in the middle of the video, one frame re-graded, the project file
+saved), commits and pushes again, reports what the second commit stored and sent versus what it
+reused, clones the repository into a second folder and checks the files are identical.
 """
 
 from __future__ import annotations
 
 import random
+import signal
 import struct
+import subprocess
+import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
@@ -21,7 +28,55 @@ from dits.ops.add import add_paths
 from dits.ops.commit import commit
 from dits.ops.diff import diff_snapshots
 from dits.ops.maintenance import fsck
+from dits.ops.sync import clone, push
+from dits.remotes import KnownHosts, add_remote
 from dits.repository import Repository
+
+
+@contextmanager
+def local_server(root: Path) -> Iterator[tuple[str, str]]:
+    """A dits-remote on 127.0.0.1 (ephemeral port) serving repository ``demo``: (url, token)."""
+
+    def remote(*args: str) -> str:
+        return subprocess.run(
+            [sys.executable, "-m", "remote.cli", *args],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+
+    remote("init", "--root", str(root), "demo")
+    token = remote("token", "create", "--root", str(root), "--repo", "demo", "--write")
+    log = open(root / "server.log", "ab")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "remote.cli",
+            "serve",
+            "--root",
+            str(root),
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=log,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if "listening on" not in line:
+            raise click.ClickException(f"dits-remote did not start; see {root / 'server.log'}")
+        port = line.split("listening on ")[1].split(" ")[0].rsplit(":", 1)[1]
+        yield f"dits://127.0.0.1:{port}/demo", token
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
 
 
 def _box(kind: bytes, payload: bytes) -> bytes:
@@ -87,15 +142,22 @@ def edit_project(root: Path) -> None:
 @pass_ctx
 def demo_cmd(ctx: Ctx, directory: Path | None, size_mb: int, as_json: bool) -> None:
     """Create a sample media project, commit, edit, commit, and show the dedup figures."""
-    root = (ctx.cwd / directory) if directory else Path(tempfile.mkdtemp(prefix="dits-demo-"))
-    root.mkdir(parents=True, exist_ok=True)
-    if any(root.iterdir()):
-        raise click.UsageError(f"{root} is not empty; give an empty or new folder")
+    if as_json:
+        ctx.quiet = True  # stdout carries the JSON document only
+    base = (ctx.cwd / directory) if directory else Path(tempfile.mkdtemp(prefix="dits-demo-"))
+    base.mkdir(parents=True, exist_ok=True)
+    if any(base.iterdir()):
+        raise click.UsageError(f"{base} is not empty; give an empty or new folder")
+    root, server_root, clone_root = base / "project", base / "server", base / "clone"
+    root.mkdir()
+    server_root.mkdir()
+    # Pins go to a file of the demo's own, not to the user's known_hosts.
+    hosts = KnownHosts(base / "known_hosts")
     say(ctx, f"sample project in {root}")
     make_project(root, size_mb)
     name, email = "Demo Editor", "editor@example.com"
-    figures: dict[str, object] = {"directory": str(root)}
-    with Repository.init(root) as repo:
+    figures: dict[str, object] = {"directory": str(base)}
+    with local_server(server_root) as (url, token), Repository.init(root) as repo:
         t0 = time.perf_counter()
         first = add_paths(repo, [""])
         t1 = time.perf_counter()
@@ -107,6 +169,13 @@ def demo_cmd(ctx: Ctx, directory: Path | None, size_mb: int, as_json: bool) -> N
             f"commit 1 {c1.oid.hex()[:12]}: {len(first.added)} files, "
             f"{human_bytes(first.stats.bytes_read)} in {first.stats.chunks} chunks, "
             f"added at {first.stats.bytes_read / max(t1 - t0, 1e-9) / 1e6:.0f} MB/s",
+        )
+        add_remote(repo.config, "origin", url, token=token)
+        push1 = push(repo, known_hosts=hosts)
+        say(
+            ctx,
+            f"push 1 to {url} over {push1.transport}: {push1.chunks_sent} chunks, "
+            f"{human_bytes(push1.bytes_sent)} in {push1.seconds:.2f} s",
         )
         edit_project(root)
         t2 = time.perf_counter()
@@ -129,6 +198,14 @@ def demo_cmd(ctx: Ctx, directory: Path | None, size_mb: int, as_json: bool) -> N
             f"{human_bytes(second.stats.new_bytes)} new for {human_bytes(total)} of changed files "
             f"({100 * (1 - changed / max(total, 1)):.1f}% reused), in {t3 - t2:.2f} s",
         )
+        push2 = push(repo, known_hosts=hosts)
+        pct = 100 * push2.chunks_present / max(push2.chunks_total, 1)
+        say(
+            ctx,
+            f"push 2: {push2.chunks_present} of {push2.chunks_total} chunks already on server "
+            f"({pct:.1f}%); sent {push2.chunks_sent} chunks, {human_bytes(push2.bytes_sent)} "
+            f"in {push2.seconds:.2f} s",
+        )
         check = fsck(repo)
         say(
             ctx,
@@ -136,6 +213,15 @@ def demo_cmd(ctx: Ctx, directory: Path | None, size_mb: int, as_json: bool) -> N
             f"({check.chunks_checked} chunks verified)",
         )
         stats = repo.chunks.stats()
+        cloned, fetched = clone(url, clone_root, token=token, known_hosts=hosts)
+        cloned.close()
+        identical = _same_files(root, clone_root)
+        say(
+            ctx,
+            f"clone into {clone_root}: {fetched.chunks_received} chunks, "
+            f"{human_bytes(fetched.bytes_received)} in {fetched.seconds:.2f} s; files "
+            f"{'identical' if identical else 'DIFFER'}",
+        )
         figures.update(
             {
                 "commit1": c1.oid.hex(),
@@ -148,6 +234,10 @@ def demo_cmd(ctx: Ctx, directory: Path | None, size_mb: int, as_json: bool) -> N
                 "store_plain_bytes": stats.plain_bytes,
                 "store_bytes_at_rest": stats.stored_bytes,
                 "fsck_clean": check.clean,
+                "push1": push1.to_json(),
+                "push2": push2.to_json(),
+                "clone": fetched.to_json(),
+                "clone_identical": identical,
             }
         )
         say(
@@ -156,5 +246,18 @@ def demo_cmd(ctx: Ctx, directory: Path | None, size_mb: int, as_json: bool) -> N
             f"({human_bytes(stats.stored_bytes)} at rest) for two versions of "
             f"{human_bytes(first.stats.bytes_read)}",
         )
+    if not (check.clean and identical):
+        raise click.ClickException("the demo found a problem (see above)")
     if as_json:
         emit_json(figures)
+
+
+def _same_files(a: Path, b: Path) -> bool:
+    def listing(root: Path) -> dict[str, bytes]:
+        return {
+            str(p.relative_to(root)): p.read_bytes()
+            for p in root.rglob("*")
+            if p.is_file() and ".dits" not in p.relative_to(root).parts
+        }
+
+    return listing(a) == listing(b)

@@ -37,7 +37,7 @@ from dits.protocol import (
     decode_chunk_data,
     verify_chunk,
 )
-from dits.remotes import RemoteSpec, add_remote, get_remote, parse_url
+from dits.remotes import KnownHosts, RemoteSpec, add_remote, get_remote, parse_url
 from dits.repository import HEADS, Repository
 from dits.store.base import RefUpdate
 
@@ -108,6 +108,7 @@ def push(
     force: bool = False,
     on_total: Progress | None = None,
     on_bytes: Progress | None = None,
+    known_hosts: KnownHosts | None = None,
 ) -> PushResult:
     """Push ``branch`` (default: the current one) to ``remote`` (default: origin).
 
@@ -131,7 +132,7 @@ def push(
         args=[spec.name, str(spec.url)],
         stdin=f"{ref} {tip.hex()} {ref} {(seen_remote or bytes(32)).hex()}\n",
     )
-    result = asyncio.run(_push(repo, spec, branch, tip, force, on_total, on_bytes))
+    result = asyncio.run(_push(repo, spec, branch, tip, force, on_total, on_bytes, known_hosts))
     if not result.up_to_date or seen_remote != tip:
         repo.refs.update_refs([RefUpdate(tracking, tip, repo.refs.get_ref(tracking))])
     return result
@@ -145,10 +146,11 @@ async def _push(
     force: bool,
     on_total: Progress | None,
     on_bytes: Progress | None,
+    known_hosts: KnownHosts | None,
 ) -> PushResult:
     started = time.perf_counter()
     result = PushResult(spec.name, branch, new=tip.hex())
-    session = await open_session(spec)
+    session = await open_session(spec, known_hosts=known_hosts)
     try:
         result.transport = session.transport
         if not session.permissions & Permission.WRITE:
@@ -259,12 +261,13 @@ async def _missing_objects(session: RemoteSession, objects: list[ObjectId]) -> l
 
 
 def _read_chunk_batch(repo: Repository, ids: list[ObjectId]) -> list[PutChunk]:
-    """The at-rest form is sent as is: RAW or one zstd frame (the server verifies both)."""
+    """The at-rest form is sent as is: RAW or one zstd frame. Not re-hashed here: the server
+    hashes every byte it receives and refuses a mismatch, naming the chunk."""
     get_stored = getattr(repo.chunks, "get_stored", None)
     out = []
     for oid in ids:
         if get_stored is not None:
-            stored, plain_size = get_stored(oid)
+            stored, plain_size = get_stored(oid, verify=False)
             out.append(PutChunk(oid, Encoding(stored[0]), plain_size, memoryview(stored)[1:]))
         else:
             data = repo.chunks.get(oid)
@@ -328,10 +331,11 @@ def fetch(
     *,
     on_total: Progress | None = None,
     on_bytes: Progress | None = None,
+    known_hosts: KnownHosts | None = None,
 ) -> FetchResult:
     """Download every branch of ``remote`` the local store lacks; update remote-tracking refs."""
     spec = get_remote(repo.config, remote)
-    return asyncio.run(_fetch(repo, spec, on_total, on_bytes))
+    return asyncio.run(_fetch(repo, spec, on_total, on_bytes, known_hosts))
 
 
 async def _fetch(
@@ -339,10 +343,11 @@ async def _fetch(
     spec: RemoteSpec,
     on_total: Progress | None,
     on_bytes: Progress | None,
+    known_hosts: KnownHosts | None,
 ) -> FetchResult:
     started = time.perf_counter()
     result = FetchResult(spec.name)
-    session = await open_session(spec)
+    session = await open_session(spec, known_hosts=known_hosts)
     try:
         result.transport = session.transport
         refs = await session.list_refs(HEADS)
@@ -470,6 +475,7 @@ def clone(
     on_total: Progress | None = None,
     on_bytes: Progress | None = None,
     on_checkout: Progress | None = None,
+    known_hosts: KnownHosts | None = None,
 ) -> tuple[Repository, FetchResult]:
     """Create ``target``, fetch everything from ``url`` and check out the server's HEAD branch.
 
@@ -488,7 +494,7 @@ def clone(
         add_remote(repo.config, "origin", url, token=token)
         if transport:
             repo.config.set("remote.origin.transport", transport)
-    result = fetch(repo, "origin", on_total=on_total, on_bytes=on_bytes)
+    result = fetch(repo, "origin", on_total=on_total, on_bytes=on_bytes, known_hosts=known_hosts)
     branch = result.head[len(HEADS) :] if result.head.startswith(HEADS) else ""
     tip = repo.refs.get_ref(REMOTES + f"origin/{branch}") if branch else None
     if tip is not None:

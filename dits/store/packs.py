@@ -237,11 +237,13 @@ class PackBlobStore:
             return self._decode_record(oid, where, record)
         raise AssertionError("unreachable")
 
-    def get_stored(self, oid: ObjectId) -> tuple[bytes, int]:
-        """The verified at-rest form of ``oid`` (tag byte first) and its plain size.
+    def get_stored(self, oid: ObjectId, *, verify: bool = True) -> tuple[bytes, int]:
+        """The at-rest form of ``oid`` (tag byte first) and its plain size.
 
         For senders that pass the stored form on as is (a push sends zstd chunks without
-        compressing them again). The bytes are decoded and re-hashed first, like ``get``.
+        compressing them again). With ``verify`` the bytes are decoded and re-hashed first, like
+        ``get``; without it only the record header is checked (id and length), for callers
+        whose receiver re-hashes anyway (the server verifies every pushed byte).
         """
         for attempt in range(2):
             where = self.locate(oid)
@@ -255,7 +257,13 @@ class PackBlobStore:
                 raise CorruptObjectError(
                     f"chunk {short_id(oid)} is lost: its pack {where.path.name} is missing"
                 ) from None
-            self._decode_record(oid, where, record)
+            if verify:
+                self._decode_record(oid, where, record)
+            elif record[:ID_LEN] != oid:
+                raise CorruptObjectError(
+                    f"chunk {short_id(oid)} is corrupt: pack {where.path.name} holds another "
+                    f"record at offset {where.record_offset}"
+                )
             return record[_RECORD_HEADER.size :], where.plain_size
         raise AssertionError("unreachable")
 

@@ -106,7 +106,7 @@ MAX_DATA = 64 * MiB
 # Datagram size: on other paths the library default (1200-1280 bytes; qh3 clients probe the
 # path MTU upwards). Loopback has a 64 KiB MTU and every packet costs syscalls, crypto calls and
 # ACKs, so there each library gets the largest packets it handles (see _Lib.loopback_datagram).
-SOCKET_BUFFER = 4 * MiB  # SO_RCVBUF/SO_SNDBUF; short bursts of 100s of packets must not drop
+SOCKET_BUFFER = 16 * MiB  # SO_RCVBUF/SO_SNDBUF; short bursts of 100s of packets must not drop
 
 _STREAM_ABORTED = 0x10C  # application error code for a reset stream (H3_REQUEST_CANCELLED)
 _CONNECTION_REFUSED = 0x2  # QUIC CONNECTION_REFUSED: server is shutting down

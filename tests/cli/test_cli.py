@@ -161,3 +161,15 @@ def test_quiet_prints_nothing(dits: DitsRunner) -> None:
     (dits.cwd / "a").write_text("x")
     code, out, _ = dits("-q", "add", "a")
     assert code == 0 and out == ""
+
+
+def test_demo_pushes_to_a_local_server_and_clones(dits: DitsRunner) -> None:
+    code, out, err = dits("demo", "d", "--size-mb", "8", "--json")
+    assert code == 0, err
+    figures = json.loads(out)
+    assert figures["fsck_clean"] is True
+    assert figures["clone_identical"] is True
+    assert figures["push1"]["chunks_sent"] == figures["push1"]["chunks_total"] > 0
+    push2 = figures["push2"]
+    assert 0 < push2["chunks_sent"] < push2["chunks_total"]
+    assert push2["chunks_already_on_server"] == push2["chunks_total"] - push2["chunks_sent"]

@@ -64,8 +64,17 @@ def _remote(root: Path, *args: str) -> str:
 
 def start_server(root: Path, *extra: str) -> tuple[subprocess.Popen[str], int]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "remote.cli", "serve", "--root", str(root),
-         "--listen", "127.0.0.1:0", *extra],
+        [
+            sys.executable,
+            "-m",
+            "remote.cli",
+            "serve",
+            "--root",
+            str(root),
+            "--listen",
+            "127.0.0.1:0",
+            *extra,
+        ],
         stdout=subprocess.PIPE,
         stderr=open(root / "server.log", "a"),  # noqa: SIM115 - closed with the process
         text=True,
@@ -145,8 +154,14 @@ def test_push_then_clone_round_trip(server: Server, tmp_path: Path, transport: s
     assert json.loads(out)["up_to_date"] is True
     clone_dir = tmp_path / "clone"
     code, out, err = DitsRunner(tmp_path)(
-        "clone", server.url(), str(clone_dir), "--token", server.read_token,
-        "--transport", transport, "--json",
+        "clone",
+        server.url(),
+        str(clone_dir),
+        "--token",
+        server.read_token,
+        "--transport",
+        transport,
+        "--json",
     )
     assert code == 0, err
     assert json.loads(out)["chunks_received"] == report["chunks_total"]
@@ -154,7 +169,9 @@ def test_push_then_clone_round_trip(server: Server, tmp_path: Path, transport: s
     assert DitsRunner(clone_dir)("status", "--json")[0] == 0
     fsck = subprocess.run(
         [sys.executable, "-m", "remote.cli", "fsck", "--root", str(server.root), "--json"],
-        capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
     )
     assert fsck.returncode == 0 and json.loads(fsck.stdout)["clean"] is True
 
@@ -324,3 +341,53 @@ def test_changed_server_certificate_is_refused(server: Server, tmp_path: Path) -
     code, _, err = dits("push")
     assert code == 9
     assert "dits remote trust" in err
+
+
+def test_push_and_clone_with_s3_permanent_storage(
+    tmp_path: Path, s3_endpoint: str, s3_bucket: str, s3_admin: object
+) -> None:
+    root = tmp_path / "srv"
+    _remote(root, "init", "proj")
+    token = _remote(root, "token", "create", "--root", str(root), "--repo", "proj", "--write")
+    proc, port = start_server(
+        root, "--storage", f"s3://{s3_bucket}/dits", "--s3-endpoint", s3_endpoint
+    )
+    try:
+        work = tmp_path / "work"
+        work.mkdir()
+        dits = DitsRunner(work)
+        make_repo(dits, {"a.mov": random_bytes(1_200_000, 8), "b.txt": b"notes\n"})
+        dits("remote", "add", "origin", f"dits://127.0.0.1:{port}/proj", "--token", token)
+        code, _, err = dits("push", "--json")
+        assert code == 0, err
+        listed = s3_admin.list_objects_v2(Bucket=s3_bucket, Prefix="dits/")  # type: ignore[attr-defined]
+        keys = [item["Key"] for item in listed.get("Contents", ())]
+        assert keys and all(k.startswith("dits/packs/") for k in keys)
+        clone_dir = tmp_path / "clone"
+        code, _, err = DitsRunner(tmp_path)(
+            "clone", f"dits://127.0.0.1:{port}/proj", str(clone_dir), "--token", token
+        )
+        assert code == 0, err
+        assert tree_digest(clone_dir) == tree_digest(work)
+    finally:
+        stop_server(proc)
+    fsck = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "remote.cli",
+            "fsck",
+            "--root",
+            str(root),
+            "--storage",
+            f"s3://{s3_bucket}/dits",
+            "--s3-endpoint",
+            s3_endpoint,
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+    )
+    assert fsck.returncode == 0, fsck.stderr
+    assert json.loads(fsck.stdout)["clean"] is True
