@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -119,6 +120,7 @@ class RemoteService:
         self.storage = storage
         self.tokens = tokens
         self._promote_lock = threading.Lock()
+        self._pack_buffers: list[bytearray] = []  # reused by every promotion (under the lock)
         self.counters: dict[str, int] = {
             "chunks_received": 0,
             "bytes_received": 0,
@@ -313,17 +315,17 @@ class RemoteService:
         placed: dict[tuple[BlobKind, ObjectId], BlobLocation] = {}
         with self.index.read() as txn:
             todo = [item for item in walk.temp_items if self.index.location(txn, *item) is None]
-        writer = _PackWriter(self.storage)
-        for kind, oid in todo:
-            # Hashed on receipt; the record header (id, length) is checked again here.
-            stored, plain_size = self.temp.get_stored(oid, verify=False)
-            placed[(kind, oid)] = writer.add(oid, stored, plain_size)
-            if writer.full():
-                report.packs += 1
-                report.bytes_stored += writer.flush(placed)
-        if writer.pending():
-            report.packs += 1
-            report.bytes_stored += writer.flush(placed)
+        if not self._pack_buffers:
+            size = PACK_SIZE + self.limits.max_chunk_size + _RECORD_HEAD
+            self._pack_buffers = [bytearray(size), bytearray(size)]
+        writer = _PackWriter(self.storage, self._pack_buffers)
+        try:
+            for key in todo:
+                # Hashed on receipt; the record header (id, length) is checked again here.
+                writer.add(self.temp, key, placed)
+        finally:
+            writer.finish(placed)
+        report.packs, report.bytes_stored = writer.packs, writer.bytes
         report.promoted = len(placed)
         cas = [RefCas(c.name, c.expected_old, c.new) for c in changes]
         report.released = self.index.promote(
@@ -339,37 +341,90 @@ class RemoteService:
 
 
 class _PackWriter:
-    """Collects promoted blobs into one pack object: records as in client packs."""
+    """Copies temp records into pack objects: two reused buffers, one filling while the other
+    is hashed and written (fresh memory is slow to touch on small VMs, and the write overlaps
+    the next pack's reads)."""
 
-    def __init__(self, storage: PermanentStorage) -> None:
+    def __init__(self, storage: PermanentStorage, buffers: list[bytearray]) -> None:
         self.storage = storage
-        self.buf = bytearray()
-        self.entries: list[tuple[tuple[BlobKind, ObjectId], int, int, int]] = []
-        self._keys: list[tuple[BlobKind, ObjectId]] = []
+        self.buffers = buffers
+        self.current = 0
+        self.fill = 0
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="dits-promote")
+        self.pending: Future[int] | None = None
+        self.placeholders: list[tuple[BlobKind, ObjectId]] = []
+        self.packs = 0
+        self.bytes = 0
 
-    def add(self, oid: ObjectId, stored: bytes, plain_size: int) -> BlobLocation:
-        offset = len(self.buf) + _RECORD_HEAD
-        self.buf += oid
-        self.buf += len(stored).to_bytes(4, "little")
-        self.buf += stored
-        # The pack hash is known only at flush; flush() rewrites these placeholders.
-        return BlobLocation(b"\0" * 32, offset, len(stored), plain_size)
+    def add(
+        self,
+        temp: PackBlobStore,
+        key: tuple[BlobKind, ObjectId],
+        placed: dict[tuple[BlobKind, ObjectId], BlobLocation],
+    ) -> None:
+        where = temp.locate(key[1])
+        need = _RECORD_HEAD + where.stored_size
+        buf = self.buffers[self.current]
+        if self.fill and (self.fill + need > len(buf) or self.fill >= PACK_SIZE):
+            self._flush(placed)
+            buf = self.buffers[self.current]
+        if need > len(buf):  # an object bigger than a buffer: a pack of its own
+            own = bytearray(need)
+            temp.read_record_into(key[1], memoryview(own))
+            self._write(
+                own,
+                [(key, BlobLocation(b"", _RECORD_HEAD, where.stored_size, where.plain_size))],
+                placed,
+            )
+            return
+        _, stored, plain = temp.read_record_into(key[1], memoryview(buf)[self.fill :])
+        placed[key] = BlobLocation(b"", self.fill + _RECORD_HEAD, stored, plain)
+        self.placeholders.append(key)
+        self.fill += need
 
-    def full(self) -> bool:
-        return len(self.buf) >= PACK_SIZE
+    def finish(self, placed: dict[tuple[BlobKind, ObjectId], BlobLocation]) -> None:
+        if self.fill:
+            self._flush(placed)
+        self._wait()
+        self.pool.shutdown()
 
-    def pending(self) -> bool:
-        return bool(self.buf)
+    def _flush(self, placed: dict[tuple[BlobKind, ObjectId], BlobLocation]) -> None:
+        self._wait()  # the other buffer's write must be done before it is refilled
+        view = memoryview(self.buffers[self.current])[: self.fill]
+        keys, self.placeholders = self.placeholders, []
+        self.pending = self.pool.submit(self._write_pack, view, keys, placed)
+        self.current ^= 1
+        self.fill = 0
 
-    def flush(self, placed: dict[tuple[BlobKind, ObjectId], BlobLocation]) -> int:
-        pack = blake3.blake3(self.buf).digest()
-        self.storage.put(pack_key(pack), memoryview(self.buf))  # create-only; a retry verifies
-        for key, where in placed.items():
-            if where.pack == b"\0" * 32:
-                placed[key] = BlobLocation(pack, where.offset, where.stored_size, where.plain_size)
-        size = len(self.buf)
-        self.buf = bytearray()
-        return size
+    def _wait(self) -> None:
+        if self.pending is not None:
+            self.pending.result()
+            self.pending = None
+
+    def _write(
+        self,
+        data: bytearray,
+        entries: list[tuple[tuple[BlobKind, ObjectId], BlobLocation]],
+        placed: dict[tuple[BlobKind, ObjectId], BlobLocation],
+    ) -> None:
+        for key, where in entries:
+            placed[key] = where
+        self._write_pack(memoryview(data), [k for k, _ in entries], placed)
+
+    def _write_pack(
+        self,
+        view: memoryview,
+        keys: list[tuple[BlobKind, ObjectId]],
+        placed: dict[tuple[BlobKind, ObjectId], BlobLocation],
+    ) -> int:
+        pack = blake3.blake3(view, max_threads=blake3.blake3.AUTO).digest()
+        self.storage.put(pack_key(pack), view)  # create-only and durable; a retry verifies
+        for key in keys:
+            w = placed[key]
+            placed[key] = BlobLocation(pack, w.offset, w.stored_size, w.plain_size)
+        self.packs += 1
+        self.bytes += len(view)
+        return len(view)
 
 
 class _Walk:

@@ -267,6 +267,37 @@ class PackBlobStore:
             return record[_RECORD_HEADER.size :], where.plain_size
         raise AssertionError("unreachable")
 
+    def read_record_into(self, oid: ObjectId, out: memoryview) -> tuple[int, int, int]:
+        """Copy ``oid``'s whole record (id, length, at-rest form) into ``out`` with one preadv.
+
+        For copying records between packs without an intermediate buffer (the server promotes
+        temp records this way). Only the record header is checked; returns (record length,
+        stored length, plain length).
+
+        Raises:
+            ValueError: ``out`` is too small for the record.
+        """
+        for attempt in range(2):
+            where = self.locate(oid)
+            size = _RECORD_HEADER.size + where.stored_size
+            if len(out) < size:
+                raise ValueError(f"record of {size} bytes does not fit a {len(out)}-byte buffer")
+            try:
+                got = os.preadv(self._read_fd(where.pack), [out[:size]], where.record_offset)
+            except FileNotFoundError:
+                if attempt == 0:
+                    continue
+                raise CorruptObjectError(
+                    f"chunk {short_id(oid)} is lost: its pack {where.path.name} is missing"
+                ) from None
+            if got != size or bytes(out[:ID_LEN]) != oid:
+                raise CorruptObjectError(
+                    f"chunk {short_id(oid)} is corrupt: pack {where.path.name} holds another "
+                    f"record at offset {where.record_offset}"
+                )
+            return size, where.stored_size, where.plain_size
+        raise AssertionError("unreachable")
+
     def delete_many(self, ids: Iterable[ObjectId]) -> int:
         """See ``BlobStore.delete_many``. Space comes back with ``repack``."""
         wanted = list(dict.fromkeys(ids))
