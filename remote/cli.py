@@ -43,7 +43,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
     ctx.obj = {"debug": debug}
     logging.basicConfig(
         level=logging.DEBUG if debug else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format="%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
 
@@ -73,6 +73,8 @@ def serve(
     from remote.app import run
 
     _require_root(root)
+    if (cert is None) != (key is None):
+        raise UsageError("--cert and --key go together")
     host, port = _listen(listen)
     code = run(
         root,

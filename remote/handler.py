@@ -89,8 +89,14 @@ class RequestHandler:
             level = logging.WARNING if isinstance(exc, ProtocolViolation) else logging.INFO
             log.log(level, "%s %s refused: %s", rid, kind, exc)
             await self._send(writer, error_frame_for(exc))
-            if isinstance(exc, ProtocolViolation):
-                writer.abort()  # the stream's framing is unknown now
+            if isinstance(exc, ProtocolViolation) or not asm.complete:
+                # The rest of this request cannot be parsed (or is not wanted). TCP drops the
+                # connection after the Error frame is flushed; a QUIC stream just ends here,
+                # because a reset could overtake the Error frame.
+                if info.transport_name == "quic":
+                    writer.write_eof()
+                else:
+                    writer.abort()
         except Exception as exc:
             log.exception("%s %s failed", rid, kind)
             await self._send(writer, error_frame_for(exc))
@@ -140,7 +146,12 @@ class RequestHandler:
             info.state["session"] = session
             info.state["token"] = msg.token
             log.info(
-                "%s hello repo=%s perms=%s agent=%s", rid, msg.repo, session.permissions, msg.agent
+                "%s hello repo=%s token=%s perms=%s agent=%s",
+                rid,
+                msg.repo,
+                session.uploader.rstrip(b"\0").decode("ascii", "replace"),
+                session.permissions,
+                msg.agent,
             )
             await self._send(
                 writer, Welcome(version, session.permissions, svc.server_id, self.limits)

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from dits.cli._common import Ctx, emit_json, human_bytes, open_repo, pass_ctx, progress, say
-from dits.errors import ConflictError
+from dits.errors import ConflictError, UsageError
 
 
 @click.command("push")
@@ -82,7 +82,7 @@ def pull_cmd(ctx: Ctx, remote: str | None, as_json: bool) -> None:
         branch = repo.current_branch()
         theirs = repo.refs.get_ref(REMOTES + f"{spec.name}/{branch}")
         if theirs is None:
-            raise ConflictError(f"{spec.name} has no branch {branch}; nothing to pull")
+            raise UsageError(f"{spec.name} has no branch {branch}; nothing to pull")
         name, email = identity(repo, git_identity())
         now = int(os.environ.get("DITS_COMMIT_TIME", "0")) or int(time.time())
         result = integrate(

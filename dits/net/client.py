@@ -9,8 +9,9 @@ raises the server's error as the same exception class the server raised.
 from __future__ import annotations
 
 import asyncio
+import sys
 import weakref
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
 from dits import __version__
@@ -187,6 +188,17 @@ async def _receive(stream: _Stream, request: Message, limits: Limits) -> tuple[l
     return out, size
 
 
+def _say_pinned(spec: RemoteSpec) -> Callable[[str], None]:
+    def say(fingerprint: str) -> None:
+        print(
+            f"dits: first connection to {spec.url.host}:{spec.url.port}: pinned its "
+            f"certificate {fingerprint}",
+            file=sys.stderr,
+        )
+
+    return say
+
+
 async def open_session(
     spec: RemoteSpec, *, known_hosts: KnownHosts | None = None, timeout: float = 10.0
 ) -> RemoteSession:
@@ -202,7 +214,7 @@ async def open_session(
         spec.url.host,
         spec.url.port,
         transport=spec.transport,
-        verify=hosts.verifier(spec.url.host, spec.url.port),
+        verify=hosts.verifier(spec.url.host, spec.url.port, on_pinned=_say_pinned(spec)),
         connect_timeout=timeout,
     )
     hello = Hello(

@@ -215,7 +215,9 @@ async def _plan_push(
             elif isinstance(obj, Manifest):
                 chunk_ids.update((c.id, None) for c in obj.chunks)
         level = next_level
-    total = _count_tip_chunks(repo, tip)
+    # "M of N chunks already on server": N counts every chunk this push is about, the tip's
+    # and those of any other new manifest, so M = N - sent is never negative.
+    total = len(_tip_chunks(repo, tip) | chunk_ids.keys())
     return objects, list(chunk_ids), total
 
 
@@ -235,7 +237,7 @@ def _local_commits(repo: Repository, tip: ObjectId) -> list[ObjectId]:
     return out
 
 
-def _count_tip_chunks(repo: Repository, tip: ObjectId) -> int:
+def _tip_chunks(repo: Repository, tip: ObjectId) -> set[ObjectId]:
     commit = repo.get_object(tip)
     assert isinstance(commit, Commit)
     chunks: set[ObjectId] = set()
@@ -246,7 +248,7 @@ def _count_tip_chunks(repo: Repository, tip: ObjectId) -> int:
             stack.extend(e.id for e in obj.entries)
         elif isinstance(obj, Manifest):
             chunks.update(c.id for c in obj.chunks)
-    return len(chunks)
+    return chunks
 
 
 def _sizes(repo: Repository, ids: Iterable[ObjectId]) -> Iterable[int]:
@@ -490,6 +492,14 @@ def clone(
         raise UsageError(f"{target} exists and is not empty")
     target.mkdir(parents=True, exist_ok=True)
     repo = Repository.open(target) if resuming else Repository.init(target)
+    if resuming:
+        stored = repo.config.get("remote.origin.url")
+        if stored != url:
+            repo.close()
+            raise UsageError(
+                f"{target} holds an interrupted clone of {stored}; run the same clone again to "
+                "resume it, or remove the folder"
+            )
     if not resuming:
         add_remote(repo.config, "origin", url, token=token)
         if transport:

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -391,3 +392,173 @@ def test_push_and_clone_with_s3_permanent_storage(
     )
     assert fsck.returncode == 0, fsck.stderr
     assert json.loads(fsck.stdout)["clean"] is True
+
+
+def _hostile_tree(name: str) -> bytes:
+    """A tree encoding naming ``name``: built below the Tree class, which would refuse it."""
+    from dits.core.codec import encode_object
+    from dits.core.objects import Tree, TreeEntry, TreeEntryKind
+
+    tree = object.__new__(Tree)
+    entry = TreeEntry(name, TreeEntryKind.FILE, 0o100644, 0, ObjectId(bytes(32)))
+    object.__setattr__(tree, "entries", (entry,))
+    return encode_object(tree)
+
+
+@pytest.mark.parametrize("name", ["..", ".dits", ".DITS", "a/b", "nul\x00", ".dits."])
+def test_hostile_tree_names_are_refused_on_receipt(server: Server, name: str) -> None:
+    from dits.core.codec import object_id
+    from dits.protocol import InvalidObjectError, PutObject
+
+    data = _hostile_tree(name)
+
+    async def scenario() -> None:
+        session = await open_session(server.spec(server.write_token))
+        try:
+            with pytest.raises(InvalidObjectError):
+                await session.put([PutObject(object_id(data), data)])
+            assert await session.have(BlobKind.OBJECT, [object_id(data)]) == set()
+        finally:
+            await session.close()
+
+    asyncio.run(scenario())
+
+
+def test_absurd_frames_and_zstd_bombs_get_errors_and_the_server_lives_on(
+    server: Server,
+) -> None:
+    import struct
+
+    import zstandard
+
+    from dits.protocol import TooLargeError
+
+    async def scenario() -> None:
+        session = await open_session(server.spec(server.write_token))
+        try:
+            for garbage in (
+                struct.pack("<BBHI", 0x14, 1, 0, 0xFFFFFFFF),  # a 4 GiB PutChunk frame
+                struct.pack("<BBHI", 0x7E, 1, 0, 4) + b"abcd",  # unknown type
+                struct.pack("<BBHI", 0x12, 1, 0, 100) + b"short",  # truncated, then EOF
+            ):
+                reader, writer = await session.conn.open_stream()
+                writer.write(garbage)
+                writer.write_eof()
+                try:
+                    await asyncio.wait_for(reader.read(), 10)
+                except ConnectionResetError:
+                    pass
+                writer.abort()
+            bomb = zstandard.ZstdCompressor(level=19).compress(bytes(256 << 20))
+            with pytest.raises(TooLargeError):
+                await session.put([PutChunk(ObjectId(bytes(32)), Encoding.ZSTD, 1 << 20, bomb)])
+            (pong,) = await session.request([Ping(b"stillup!")])
+            assert isinstance(pong, Pong)
+        finally:
+            await session.close()
+
+    asyncio.run(scenario())
+
+
+def test_revoked_token_stops_working_on_an_open_connection(server: Server) -> None:
+    from dits.protocol import UnauthenticatedError
+
+    async def scenario() -> None:
+        session = await open_session(server.spec(server.write_token))
+        try:
+            await session.list_refs()
+            token_id = server.write_token.split("_")[1]
+            await asyncio.to_thread(
+                _remote, server.root, "token", "revoke", "--root", str(server.root), token_id
+            )
+            with pytest.raises(UnauthenticatedError):
+                await session.list_refs()
+        finally:
+            await session.close()
+
+    asyncio.run(scenario())
+
+
+def test_push_survives_a_killed_client_and_a_killed_server(server: Server, tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    dits = DitsRunner(work)
+    make_repo(dits, {"a.mov": random_bytes(24_000_000, 9), "b.mov": random_bytes(8_000_000, 10)})
+    dits("remote", "add", "origin", server.url(), "--token", server.write_token)
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    # The client dies mid-push.
+    client = subprocess.Popen(
+        [sys.executable, "-m", "dits.cli.main", "push"],
+        cwd=work,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    time.sleep(1.2)
+    client.kill()
+    client.wait()
+    # The server dies (kill -9) during the next push, and comes back on the same port.
+    client = subprocess.Popen(
+        [sys.executable, "-m", "dits.cli.main", "push"],
+        cwd=work,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    time.sleep(0.8)
+    server.proc.kill()
+    server.proc.wait()
+    client.wait(60)
+    server.proc, _ = start_server(server.root, "--listen", f"127.0.0.1:{server.port}")
+    code, out, err = dits("push", "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["up_to_date"] or report["chunks_sent"] <= report["chunks_total"]
+    clone_dir = tmp_path / "clone"
+    code, _, err = DitsRunner(tmp_path)(
+        "clone", server.url(), str(clone_dir), "--token", server.read_token
+    )
+    assert code == 0, err
+    assert tree_digest(clone_dir) == tree_digest(work)
+    fsck = subprocess.run(
+        [sys.executable, "-m", "remote.cli", "fsck", "--root", str(server.root), "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert fsck.returncode == 0 and json.loads(fsck.stdout)["clean"] is True
+
+
+def test_several_worker_processes_serve_one_port(tmp_path: Path) -> None:
+    import socket
+
+    root = tmp_path / "srv"
+    _remote(root, "init", "proj")
+    token = _remote(root, "token", "create", "--root", str(root), "--repo", "proj", "--write")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    proc, _ = start_server(root, "--listen", f"127.0.0.1:{port}", "--workers", "2")
+    try:
+        work = tmp_path / "work"
+        work.mkdir()
+        dits = DitsRunner(work)
+        make_repo(dits, {"a.mov": random_bytes(2_000_000, 11)})
+        dits("remote", "add", "origin", f"dits://127.0.0.1:{port}/proj", "--token", token)
+        dits("config", "remote.origin.transport", "tcp")
+        code, _, err = dits("push")
+        assert code == 0, err
+        clone_dir = tmp_path / "clone"
+        code, _, err = DitsRunner(tmp_path)(
+            "clone",
+            f"dits://127.0.0.1:{port}/proj",
+            str(clone_dir),
+            "--token",
+            token,
+            "--transport",
+            "tcp",
+        )
+        assert code == 0, err
+        assert tree_digest(clone_dir) == tree_digest(work)
+    finally:
+        stop_server(proc)
