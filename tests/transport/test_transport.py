@@ -369,6 +369,25 @@ def test_on_connection_sees_each_connection(certs: tuple[str, str, str]) -> None
     assert all(i.peer is not None and i.peer[0] == "127.0.0.1" for i in infos)
 
 
+def test_reuse_port_lets_two_workers_share_a_port(certs: tuple[str, str, str]) -> None:
+    async def main() -> None:
+        first = await start(certs, reuse_port=True)
+        second = await start_on(certs, first.port, reuse_port=True)
+        for transport in TRANSPORTS:
+            conn = await connect("127.0.0.1", first.port, transport=transport)
+            assert (await request(conn, b"w")).endswith(b":w")
+            await conn.close()
+        for server in (first, second):
+            await server.wait_closed()
+
+    run(main())
+
+
+async def start_on(certs: tuple[str, str, str], port: int, **options: Any) -> Server:
+    cert, key, _ = certs
+    return await serve("127.0.0.1", port, handler=echo, cert_file=cert, key_file=key, **options)
+
+
 def test_unknown_transport_is_a_usage_error() -> None:
     with pytest.raises(UsageError):
         run(connect("127.0.0.1", 1, transport="carrier-pigeon"))
