@@ -562,3 +562,27 @@ def test_several_worker_processes_serve_one_port(tmp_path: Path) -> None:
         assert tree_digest(clone_dir) == tree_digest(work)
     finally:
         stop_server(proc)
+
+
+def test_interrupted_clone_resumes(server: Server, tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    dits = DitsRunner(work)
+    make_repo(dits, {"a.mov": random_bytes(30_000_000, 12)})
+    dits("remote", "add", "origin", server.url(), "--token", server.write_token)
+    assert dits("push")[0] == 0
+    clone_dir = tmp_path / "clone"
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    args = [sys.executable, "-m", "dits.cli.main", "clone", server.url(), str(clone_dir),
+            "--token", server.read_token]
+    first = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1.0)
+    first.kill()
+    first.wait()
+    code, out, err = DitsRunner(tmp_path)(
+        "clone", server.url(), str(clone_dir), "--token", server.read_token, "--json"
+    )
+    assert code == 0, err
+    assert tree_digest(clone_dir) == tree_digest(work)
+    code, _, err = DitsRunner(tmp_path)("clone", server.url("other"), str(clone_dir))
+    assert code == 2 and "interrupted clone" in err
