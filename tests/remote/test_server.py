@@ -108,8 +108,9 @@ def server(tmp_path: Path) -> Iterator[Server]:
     read = _remote(root, "token", "create", "--root", str(root), "--repo", "proj", "--read")
     other = _remote(root, "token", "create", "--root", str(root), "--repo", "other", "--write")
     proc, port = start_server(root)
-    yield Server(root, port, proc, write, read, other)
-    stop_server(proc)
+    running = Server(root, port, proc, write, read, other)
+    yield running
+    stop_server(running.proc)  # tests that restart the server replace .proc
 
 
 def make_repo(dits: DitsRunner, files: dict[str, bytes]) -> None:
