@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -574,8 +575,16 @@ def test_interrupted_clone_resumes(server: Server, tmp_path: Path) -> None:
     assert dits("push")[0] == 0
     clone_dir = tmp_path / "clone"
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    args = [sys.executable, "-m", "dits.cli.main", "clone", server.url(), str(clone_dir),
-            "--token", server.read_token]
+    args = [
+        sys.executable,
+        "-m",
+        "dits.cli.main",
+        "clone",
+        server.url(),
+        str(clone_dir),
+        "--token",
+        server.read_token,
+    ]
     first = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(1.0)
     first.kill()
@@ -587,3 +596,61 @@ def test_interrupted_clone_resumes(server: Server, tmp_path: Path) -> None:
     assert tree_digest(clone_dir) == tree_digest(work)
     code, _, err = DitsRunner(tmp_path)("clone", server.url("other"), str(clone_dir))
     assert code == 2 and "interrupted clone" in err
+
+
+def test_permanent_storage_failure_fails_the_push_and_the_ref_stays(
+    tmp_path: Path, s3_endpoint: str, s3_bucket: str, s3_admin: Any
+) -> None:
+    root = tmp_path / "srv"
+    _remote(root, "init", "proj")
+    token = _remote(root, "token", "create", "--root", str(root), "--repo", "proj", "--write")
+    proc, port = start_server(
+        root, "--storage", f"s3://{s3_bucket}/dits", "--s3-endpoint", s3_endpoint
+    )
+    try:
+        work = tmp_path / "work"
+        work.mkdir()
+        dits = DitsRunner(work)
+        make_repo(dits, {"a.mov": random_bytes(500_000, 13)})
+        dits("remote", "add", "origin", f"dits://127.0.0.1:{port}/proj", "--token", token)
+        assert dits("push")[0] == 0
+        before = json.loads(dits("push", "--json")[1])["new"]
+        (work / "b.mov").write_bytes(random_bytes(500_000, 14))
+        dits("add", ".")
+        dits("commit", "-m", "second")
+        # The bucket's write permission goes away: every PUT now fails for good.
+        s3_admin.put_bucket_policy(
+            Bucket=s3_bucket,
+            Policy=json.dumps(
+                {
+                    "Version": "2012-10-17",
+                    "Statement": [
+                        {
+                            "Effect": "Deny",
+                            "Principal": "*",
+                            "Action": "s3:PutObject",
+                            "Resource": f"arn:aws:s3:::{s3_bucket}/*",
+                        }
+                    ],
+                }
+            ),
+        )
+        code, _, err = dits("push")
+        assert code != 0 and err.strip().count("\n") == 0  # one line, no traceback
+        refs = _server_refs(server_url=f"dits://127.0.0.1:{port}/proj", token=token)
+        assert refs["refs/heads/main"].hex() == before
+        s3_admin.delete_bucket_policy(Bucket=s3_bucket)
+        assert dits("push")[0] == 0  # the retry after the outage goes through
+    finally:
+        stop_server(proc)
+
+
+def _server_refs(server_url: str, token: str) -> dict[str, ObjectId]:
+    async def read() -> dict[str, ObjectId]:
+        session = await open_session(RemoteSpec("origin", parse_url(server_url), token, "auto"))
+        try:
+            return (await session.list_refs()).as_dict()
+        finally:
+            await session.close()
+
+    return asyncio.run(read())
