@@ -589,7 +589,7 @@ def test_interrupted_clone_resumes(server: Server, tmp_path: Path) -> None:
     time.sleep(1.0)
     first.kill()
     first.wait()
-    code, out, err = DitsRunner(tmp_path)(
+    code, _, err = DitsRunner(tmp_path)(
         "clone", server.url(), str(clone_dir), "--token", server.read_token, "--json"
     )
     assert code == 0, err
