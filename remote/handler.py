@@ -52,7 +52,8 @@ __all__ = ["RequestHandler"]
 log = logging.getLogger("dits.remote")
 
 _T = TypeVar("_T")
-_BATCH_BYTES = 16 << 20
+_BATCH_BYTES = 8 << 20  # per upload stream, two in flight: bounds server memory
+_READ_BLOCK = 1 << 20
 _request_ids = itertools.count(1)
 
 
@@ -102,12 +103,22 @@ class RequestHandler:
             await self._send(writer, error_frame_for(exc))
 
     async def _read(self, reader: asyncio.StreamReader, asm: RequestAssembler) -> list[Message]:
-        """Read until at least one message (or the request) is complete."""
+        """Read until at least one message (or the request) is complete.
+
+        Reads whatever has arrived, up to 1 MiB, rather than exactly one frame part:
+        ``readexactly`` of a 256 KiB payload costs a copy plus a memmove of the rest of the
+        stream buffer each time. Reading past a FINAL frame cannot happen, since a client
+        sends its next request only after the response; if one did, the assembler refuses the
+        extra bytes as a protocol violation.
+        """
         while True:
             needed = asm.bytes_needed
             if needed == 0:
                 return []
-            msgs = asm.feed(await reader.readexactly(needed))
+            data = await reader.read(max(needed, _READ_BLOCK))
+            if not data:
+                raise asyncio.IncompleteReadError(b"", needed)
+            msgs = asm.feed(data)
             if msgs:
                 return msgs
 

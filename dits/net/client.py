@@ -147,7 +147,7 @@ class RemoteSession:
             stream.writer.write_eof()
             reader = ResponseReader(request, self.limits)
             while (needed := reader.bytes_needed) > 0:
-                data = await stream.reader.readexactly(needed)
+                data = await _read_some(stream.reader, needed)
                 self.bytes_received += len(data)
                 for msg in reader.feed(data):
                     if isinstance(msg, Blob):
@@ -162,6 +162,16 @@ class RemoteSession:
     async def update_refs(self, changes: Sequence[RefChange]) -> None:
         (answer,) = await self.request([UpdateRefs(tuple(changes))])
         assert isinstance(answer, RefsUpdated)
+
+
+async def _read_some(reader: asyncio.StreamReader, needed: int) -> bytes:
+    """Whatever has arrived, at least one byte and up to 1 MiB (see remote/handler.py: one
+    ``readexactly`` per frame part costs a copy and a memmove of the buffer each time). A
+    server sends nothing after a response's FINAL frame, so this never reads into the next."""
+    data = await reader.read(max(needed, 1 << 20))
+    if not data:
+        raise asyncio.IncompleteReadError(b"", needed)
+    return data
 
 
 async def _send(stream: _Stream, msgs: Sequence[Message], max_payload: int) -> int:
@@ -180,7 +190,7 @@ async def _receive(stream: _Stream, request: Message, limits: Limits) -> tuple[l
     out: list[Message] = []
     size = 0
     while (needed := reader.bytes_needed) > 0:
-        data = await stream.reader.readexactly(needed)
+        data = await _read_some(stream.reader, needed)
         size += len(data)
         out += reader.feed(data)
     if reader.error is not None:

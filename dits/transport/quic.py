@@ -16,7 +16,7 @@ Writers. The libraries' stream writers queue without bound (``drain()`` is a no-
 waits while more than :data:`HIGH_WATER` bytes of the stream are not yet sent, and is woken
 by the protocol after every ``transmit()``, which runs after each received datagram (ACKs open
 the congestion window) and each timer. It resumes once the backlog is at most
-:data:`LOW_WATER`, so a writer is woken once per half window rather than once per packet.
+:data:`LOW_WATER`, so a writer is woken once per megabyte rather than once per packet.
 Bytes sent but not yet acknowledged are bounded separately by the congestion window.
 
 Readers. Incoming data is fed to an ``asyncio.StreamReader`` as it arrives. Neither library
@@ -157,7 +157,7 @@ class _Lib:
 
 
 class _Qh3(_Lib):
-    loopback_datagram = 60000  # 4x fewer packets than 16 KB: measured 1.7x the throughput
+    loopback_datagram = 60000  # measured 3x the throughput of 1452, 1-1.3x that of 16000
 
     def configuration(self, *, is_client: bool, alpn: str, loopback: bool) -> Any:
         config = super().configuration(is_client=is_client, alpn=alpn, loopback=loopback)
@@ -261,7 +261,10 @@ class QuicStreamWriter:
         if self._eof or self._aborted:
             raise ConnectionResetError(f"QUIC stream {self.stream_id} is closed")
         self._protocol.check_open()
-        self._quic.send_stream_data(self.stream_id, data)
+        try:
+            self._quic.send_stream_data(self.stream_id, data)
+        except Exception as exc:  # reset by the peer (STOP_SENDING): each library raises its own
+            raise ConnectionResetError(f"QUIC stream {self.stream_id}: {exc}") from exc
         self._protocol._transmit_soon()
 
     async def drain(self) -> None:
