@@ -81,7 +81,22 @@ def _serve_main(transport: str, cert: str, key: str, pipe: Pipe) -> None:
         await server.wait_closed()
 
     asyncio.run(run())
-    pipe.send(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    pipe.send(_peak_rss())
+
+
+def _peak_rss() -> int:
+    """Peak RSS of this process in bytes.
+
+    VmHWM belongs to the address space, so it starts afresh at exec; ru_maxrss (the fallback)
+    survives exec on Linux and would report the parent's peak for a spawned child.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 async def _client(transport: str, port: int, size: int, streams: int, chunk: int) -> dict[str, Any]:

@@ -60,7 +60,7 @@ __all__ = ["PACK_SIZE", "PushReport", "RemoteService", "Session", "pack_key"]
 
 log = logging.getLogger("dits.remote")
 
-PACK_SIZE = 32 << 20  # promoted blobs are packed into objects of about this size (see docs)
+PACK_SIZE = 16 << 20  # promoted blobs are packed into objects of about this size (see docs)
 _RECORD_HEAD = 36  # id + u32 stored length, as in client packs
 _REF_PREFIX = "refs/heads/"
 
