@@ -41,6 +41,7 @@ not a substitute for connection-id aware load balancing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import ipaddress
 import logging
@@ -649,11 +650,14 @@ class QuicListener:
             except (Exception, asyncio.CancelledError) as exc:
                 if not isinstance(exc, ConnectionError | asyncio.CancelledError):
                     log.exception("handler failed on QUIC stream %d", writer.stream_id)
-                writer.abort()
+                with contextlib.suppress(Exception):  # the connection may be gone already
+                    writer.abort()
                 if isinstance(exc, asyncio.CancelledError):
                     raise
                 return
-            writer.close()
+            # A client that read its FINAL frame may close the connection before our FIN.
+            with contextlib.suppress(Exception):
+                writer.close()
 
     def stop_accepting(self) -> None:
         """New connections are refused (CONNECTION_REFUSED); existing ones continue."""
