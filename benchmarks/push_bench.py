@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -30,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.add_bench import REPO_ROOT, write_random
+from dits.net.local_server import LocalServer, remote_cli
 
 MiB = 1 << 20
 ENV = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "DITS_COMMIT_TIME": "1700000000"}
@@ -77,49 +77,6 @@ def _run(cwd: Path, *args: str, env: dict[str, str] | None = None) -> tuple[floa
     return seconds, out, peak
 
 
-def _remote(root: Path, *args: str) -> str:
-    return subprocess.run(
-        [sys.executable, "-m", "remote.cli", *args],
-        env=ENV,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
-
-
-class _Server:
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "remote.cli",
-                "serve",
-                "--root",
-                str(root),
-                "--listen",
-                "127.0.0.1:0",
-            ],
-            env=ENV,
-            stdout=subprocess.PIPE,
-            stderr=open(root / "server.log", "a"),  # noqa: SIM115 - lives as long as the server
-            text=True,
-        )
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        if "listening on" not in line:
-            raise SystemExit(f"dits-remote did not start: {(root / 'server.log').read_text()}")
-        self.port = int(line.split("listening on ")[1].split(" ")[0].rsplit(":", 1)[1])
-
-    def peak_rss(self) -> int:
-        return _peak_rss(self.proc.pid)
-
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        self.proc.wait(30)
-
-
 def bench(
     data_dir: Path, size_gib: float, present_gib: float, transports: list[str]
 ) -> dict[str, Any]:
@@ -144,11 +101,10 @@ def bench(
     results: dict[str, Any] = {"bytes": size}
     for transport in transports:
         repo = f"bench-{transport}"
-        _remote(srv_root, "init", "--root", str(srv_root), repo)
-        token = _remote(
-            srv_root, "token", "create", "--root", str(srv_root), "--repo", repo, "--write"
-        )
-        server = _Server(srv_root)
+        remote_cli("init", "--root", str(srv_root), repo)
+        token = remote_cli("token", "create", "--root", str(srv_root), "--repo", repo, "--write")
+        server = LocalServer(srv_root, env=ENV)
+        server.start()
         try:
             url = f"dits://127.0.0.1:{server.port}/{repo}"
             _run(work, "remote", "remove", "origin") if transport != transports[0] else None

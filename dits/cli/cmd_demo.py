@@ -11,10 +11,7 @@ reused, clones the repository into a second folder and checks the files are iden
 from __future__ import annotations
 
 import random
-import signal
 import struct
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -24,6 +21,7 @@ from pathlib import Path
 import click
 
 from dits.cli._common import Ctx, emit_json, human_bytes, pass_ctx, say
+from dits.net.local_server import LocalServer, remote_cli
 from dits.ops.add import add_paths
 from dits.ops.commit import commit
 from dits.ops.diff import diff_snapshots
@@ -36,47 +34,10 @@ from dits.repository import Repository
 @contextmanager
 def local_server(root: Path) -> Iterator[tuple[str, str]]:
     """A dits-remote on 127.0.0.1 (ephemeral port) serving repository ``demo``: (url, token)."""
-
-    def remote(*args: str) -> str:
-        return subprocess.run(
-            [sys.executable, "-m", "remote.cli", *args],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-
-    remote("init", "--root", str(root), "demo")
-    token = remote("token", "create", "--root", str(root), "--repo", "demo", "--write")
-    log = open(root / "server.log", "ab")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "remote.cli",
-            "serve",
-            "--root",
-            str(root),
-            "--listen",
-            "127.0.0.1:0",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=log,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        if "listening on" not in line:
-            raise click.ClickException(f"dits-remote did not start; see {root / 'server.log'}")
-        port = line.split("listening on ")[1].split(" ")[0].rsplit(":", 1)[1]
-        yield f"dits://127.0.0.1:{port}/demo", token
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+    remote_cli("init", "--root", str(root), "demo")
+    token = remote_cli("token", "create", "--root", str(root), "--repo", "demo", "--write")
+    with LocalServer(root) as server:
+        yield server.url("demo"), token
 
 
 def _box(kind: bytes, payload: bytes) -> bytes:

@@ -222,20 +222,8 @@ class PackBlobStore:
 
     def get(self, oid: ObjectId) -> bytes:
         """See ``BlobStore.get``."""
-        for attempt in range(2):
-            where = self.locate(oid)
-            try:
-                record = self._pread(
-                    where.pack, _RECORD_HEADER.size + where.stored_size, where.record_offset
-                )
-            except FileNotFoundError:
-                if attempt == 0:
-                    continue  # repacked between the lookup and the read: look up again
-                raise CorruptObjectError(
-                    f"chunk {short_id(oid)} is lost: its pack {where.path.name} is missing"
-                ) from None
-            return self._decode_record(oid, where, record)
-        raise AssertionError("unreachable")
+        where, record = self._read_record(oid)
+        return self._decode_record(oid, where, record)
 
     def get_stored(self, oid: ObjectId, *, verify: bool = True) -> tuple[bytes, int]:
         """The at-rest form of ``oid`` (tag byte first) and its plain size.
@@ -245,27 +233,15 @@ class PackBlobStore:
         ``get``; without it only the record header is checked (id and length), for callers
         whose receiver re-hashes anyway (the server verifies every pushed byte).
         """
-        for attempt in range(2):
-            where = self.locate(oid)
-            try:
-                record = self._pread(
-                    where.pack, _RECORD_HEADER.size + where.stored_size, where.record_offset
-                )
-            except FileNotFoundError:
-                if attempt == 0:
-                    continue
-                raise CorruptObjectError(
-                    f"chunk {short_id(oid)} is lost: its pack {where.path.name} is missing"
-                ) from None
-            if verify:
-                self._decode_record(oid, where, record)
-            elif record[:ID_LEN] != oid:
-                raise CorruptObjectError(
-                    f"chunk {short_id(oid)} is corrupt: pack {where.path.name} holds another "
-                    f"record at offset {where.record_offset}"
-                )
-            return record[_RECORD_HEADER.size :], where.plain_size
-        raise AssertionError("unreachable")
+        where, record = self._read_record(oid)
+        if verify:
+            self._decode_record(oid, where, record)
+        elif record[:ID_LEN] != oid:
+            raise CorruptObjectError(
+                f"chunk {short_id(oid)} is corrupt: pack {where.path.name} holds another "
+                f"record at offset {where.record_offset}"
+            )
+        return record[_RECORD_HEADER.size :], where.plain_size
 
     def read_record_into(self, oid: ObjectId, out: memoryview) -> tuple[int, int, int]:
         """Copy ``oid``'s whole record (id, length, at-rest form) into ``out`` with one preadv.
@@ -625,6 +601,21 @@ class PackBlobStore:
                 f"pack {_pack_name(number)} is truncated: wanted {size} bytes at {offset}"
             )
         return data
+
+    def _read_record(self, oid: ObjectId) -> tuple[PackLocation, bytes]:
+        """Look ``oid`` up and read its whole record; a repack in between is retried once."""
+        for attempt in range(2):
+            where = self.locate(oid)
+            try:
+                size = _RECORD_HEADER.size + where.stored_size
+                return where, self._pread(where.pack, size, where.record_offset)
+            except FileNotFoundError:
+                if attempt == 0:
+                    continue  # repacked between the lookup and the read: look up again
+                raise CorruptObjectError(
+                    f"chunk {short_id(oid)} is lost: its pack {where.path.name} is missing"
+                ) from None
+        raise AssertionError("unreachable")
 
     def _decode_record(self, oid: ObjectId, where: PackLocation, record: bytes) -> bytes:
         header_id, stored_size = _RECORD_HEADER.unpack_from(record)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ import pytest
 
 from dits.core.ids import ObjectId, hash_bytes
 from dits.net.client import open_session
+from dits.net.local_server import LocalServer, remote_cli
 from dits.protocol import (
     BlobKind,
     Encoding,
@@ -39,7 +39,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 class Server:
     root: Path
     port: int
-    proc: subprocess.Popen[str]
+    proc: LocalServer
     write_token: str
     read_token: str
     other_token: str
@@ -52,59 +52,39 @@ class Server:
 
 
 def _remote(root: Path, *args: str) -> str:
-    proc = subprocess.run(
-        [sys.executable, "-m", "remote.cli", *args, "--root", str(root)]
-        if args[0] not in ("token",)
-        else [sys.executable, "-m", "remote.cli", *args],
+    """``dits-remote ARGS`` with ``--root ROOT`` added where the command takes it."""
+    del root  # every call below passes --root itself where needed
+    return remote_cli(*args)
+
+
+def start_server(root: Path, *extra: str) -> tuple[LocalServer, int]:
+    listen = "127.0.0.1:0"
+    if "--listen" in extra:
+        i = extra.index("--listen")
+        listen, extra = extra[i + 1], extra[:i] + extra[i + 2 :]
+    server = LocalServer(root, *extra)
+    return server, server.start(listen)
+
+
+def stop_server(server: LocalServer) -> None:
+    server.stop(15)
+
+
+def server_fsck(root: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "remote.cli", "fsck", "--root", str(root), *extra, "--json"],
         capture_output=True,
         text=True,
         env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
-        check=True,
+        check=False,
     )
-    return proc.stdout.strip()
-
-
-def start_server(root: Path, *extra: str) -> tuple[subprocess.Popen[str], int]:
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "remote.cli",
-            "serve",
-            "--root",
-            str(root),
-            "--listen",
-            "127.0.0.1:0",
-            *extra,
-        ],
-        stdout=subprocess.PIPE,
-        stderr=open(root / "server.log", "a"),  # noqa: SIM115 - closed with the process
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
-    )
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    if "listening on" not in line:
-        proc.kill()
-        raise AssertionError(f"server did not start: {line!r} {(root / 'server.log').read_text()}")
-    port = int(line.split("listening on ")[1].split(" ")[0].rsplit(":", 1)[1])
-    return proc, port
-
-
-def stop_server(proc: subprocess.Popen[str]) -> None:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[Server]:
     root = tmp_path / "srv"
-    _remote(root, "init", "proj")
-    _remote(root, "init", "other")
+    _remote(root, "init", "--root", str(root), "proj")
+    _remote(root, "init", "--root", str(root), "other")
     write = _remote(root, "token", "create", "--root", str(root), "--repo", "proj", "--write")
     read = _remote(root, "token", "create", "--root", str(root), "--repo", "proj", "--read")
     other = _remote(root, "token", "create", "--root", str(root), "--repo", "other", "--write")
@@ -170,12 +150,7 @@ def test_push_then_clone_round_trip(server: Server, tmp_path: Path, transport: s
     assert json.loads(out)["chunks_received"] == report["chunks_total"]
     assert tree_digest(clone_dir) == tree_digest(work)
     assert DitsRunner(clone_dir)("status", "--json")[0] == 0
-    fsck = subprocess.run(
-        [sys.executable, "-m", "remote.cli", "fsck", "--root", str(server.root), "--json"],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
-    )
+    fsck = server_fsck(server.root)
     assert fsck.returncode == 0 and json.loads(fsck.stdout)["clean"] is True
 
 
@@ -350,7 +325,7 @@ def test_push_and_clone_with_s3_permanent_storage(
     tmp_path: Path, s3_endpoint: str, s3_bucket: str, s3_admin: object
 ) -> None:
     root = tmp_path / "srv"
-    _remote(root, "init", "proj")
+    _remote(root, "init", "--root", str(root), "proj")
     token = _remote(root, "token", "create", "--root", str(root), "--repo", "proj", "--write")
     proc, port = start_server(
         root, "--storage", f"s3://{s3_bucket}/dits", "--s3-endpoint", s3_endpoint
@@ -374,24 +349,7 @@ def test_push_and_clone_with_s3_permanent_storage(
         assert tree_digest(clone_dir) == tree_digest(work)
     finally:
         stop_server(proc)
-    fsck = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "remote.cli",
-            "fsck",
-            "--root",
-            str(root),
-            "--storage",
-            f"s3://{s3_bucket}/dits",
-            "--s3-endpoint",
-            s3_endpoint,
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
-    )
+    fsck = server_fsck(root, "--storage", f"s3://{s3_bucket}/dits", "--s3-endpoint", s3_endpoint)
     assert fsck.returncode == 0, fsck.stderr
     assert json.loads(fsck.stdout)["clean"] is True
 
@@ -509,7 +467,6 @@ def test_push_survives_a_killed_client_and_a_killed_server(server: Server, tmp_p
     )
     time.sleep(0.8)
     server.proc.kill()
-    server.proc.wait()
     client.wait(60)
     server.proc, _ = start_server(server.root, "--listen", f"127.0.0.1:{server.port}")
     code, out, err = dits("push", "--json")
@@ -522,12 +479,7 @@ def test_push_survives_a_killed_client_and_a_killed_server(server: Server, tmp_p
     )
     assert code == 0, err
     assert tree_digest(clone_dir) == tree_digest(work)
-    fsck = subprocess.run(
-        [sys.executable, "-m", "remote.cli", "fsck", "--root", str(server.root), "--json"],
-        capture_output=True,
-        text=True,
-        env=env,
-    )
+    fsck = server_fsck(server.root)
     assert fsck.returncode == 0 and json.loads(fsck.stdout)["clean"] is True
 
 
@@ -535,7 +487,7 @@ def test_several_worker_processes_serve_one_port(tmp_path: Path) -> None:
     import socket
 
     root = tmp_path / "srv"
-    _remote(root, "init", "proj")
+    _remote(root, "init", "--root", str(root), "proj")
     token = _remote(root, "token", "create", "--root", str(root), "--repo", "proj", "--write")
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -602,7 +554,7 @@ def test_permanent_storage_failure_fails_the_push_and_the_ref_stays(
     tmp_path: Path, s3_endpoint: str, s3_bucket: str, s3_admin: Any
 ) -> None:
     root = tmp_path / "srv"
-    _remote(root, "init", "proj")
+    _remote(root, "init", "--root", str(root), "proj")
     token = _remote(root, "token", "create", "--root", str(root), "--repo", "proj", "--write")
     proc, port = start_server(
         root, "--storage", f"s3://{s3_bucket}/dits", "--s3-endpoint", s3_endpoint
