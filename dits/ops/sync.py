@@ -30,6 +30,7 @@ from dits.net.client import RemoteSession, open_session
 from dits.protocol import (
     BlobKind,
     Encoding,
+    InvalidObjectError,
     Permission,
     PutChunk,
     PutObject,
@@ -408,8 +409,15 @@ async def _fetch_objects(
                     raise CorruptObjectError(
                         f"the server sent wrong bytes for object {short_id(blob.id)}"
                     )
+                try:
+                    obj = decode_object(data)  # names are checked here: no '..', '.dits', '/'
+                except ValueError as exc:  # DecodeError included
+                    raise InvalidObjectError(
+                        f"the server sent an invalid object {short_id(blob.id)}: {exc}",
+                        ids=[blob.id],
+                    ) from None
                 got.append((blob.id, data))
-                _children(decode_object(data), next_level, chunks, local_only=False)
+                _children(obj, next_level, chunks, local_only=False)
         level = next_level
     return got, list(chunks.items())
 
