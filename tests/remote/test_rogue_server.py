@@ -19,6 +19,7 @@ from dits.protocol import (
     Hello,
     Limits,
     ListRefs,
+    Message,
     Permission,
     Refs,
     RequestAssembler,
@@ -60,6 +61,7 @@ class RogueServer:
         while not asm.complete:
             msgs += asm.feed(await reader.readexactly(asm.bytes_needed))
         msg = msgs[0]
+        out: list[Message]
         if isinstance(msg, Hello):
             out = [Welcome(1, Permission.READ, "rogue", Limits())]
         elif isinstance(msg, ListRefs):
