@@ -120,8 +120,18 @@ class Config:
     def save(self) -> None:
         """Write atomically: a crash leaves the old or the new file, never half of one."""
         tmp = self.path.with_name(self.path.name + ".tmp")
-        with open(tmp, "wb") as fh:
+        # A config holding a remote's token is a secret: owner-only, like ~/.ssh files.
+        mode = 0o600 if self._holds_token() else 0o644
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        os.fchmod(fd, mode)  # O_CREAT's mode is ignored when tmp already existed
+        with open(fd, "wb") as fh:
             fh.write(tomli_w.dumps(self.data).encode("utf-8"))
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, self.path)
+
+    def _holds_token(self) -> bool:
+        remotes = self.data.get("remote", {})
+        return isinstance(remotes, dict) and any(
+            isinstance(section, dict) and section.get("token") for section in remotes.values()
+        )

@@ -401,3 +401,13 @@ def test_concurrent_pins_all_land(tmp_path: Path) -> None:
     assert not errors
     assert len(KnownHosts(path).entries()) == 16
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_config_with_a_token_is_owner_only(dits: DitsRunner) -> None:
+    assert dits("init")[0] == 0
+    config = dits.cwd / ".dits" / "config"
+    assert config.stat().st_mode & 0o777 == 0o644
+    assert dits("remote", "add", "origin", "dits://h:1/r", "--token", "secret-token")[0] == 0
+    assert config.stat().st_mode & 0o777 == 0o600
+    assert dits("remote", "remove", "origin")[0] == 0
+    assert config.stat().st_mode & 0o777 == 0o644
