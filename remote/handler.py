@@ -13,6 +13,7 @@ import asyncio
 import itertools
 import json
 import logging
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -184,15 +185,18 @@ class RequestHandler:
             await self._serve_put(session, first, asm, reader, writer, rid)
         elif isinstance(msg, UpdateRefs):
             session = await self._run(self._session, info)
+            started = time.perf_counter()
             report = await self._run(svc.update_refs, session, msg.changes)
+            seconds = time.perf_counter() - started
             log.info(
-                "%s update-refs repo=%s %s promoted=%d packs=%d bytes=%d",
+                "%s update-refs repo=%s %s promoted=%d packs=%d bytes=%d in %.2f s",
                 rid,
                 session.repo,
                 ",".join(c.name for c in msg.changes),
                 report.promoted,
                 report.packs,
                 report.bytes_stored,
+                seconds,
             )
             await self._send(writer, RefsUpdated(len(msg.changes)))
             if report.released:

@@ -52,7 +52,7 @@ from dits.protocol import (
     verify_chunk,
 )
 from dits.store.lmdb import LmdbEnvironment
-from dits.store.packs import PackBlobStore
+from dits.store.packs import PACK_TARGET_SIZE, PackBlobStore, PackLocation
 from remote.index import BlobLocation, RefCas, ServerIndex, uploader_key
 from remote.storage import PermanentStorage, StorageNotFoundError
 
@@ -108,6 +108,7 @@ class RemoteService:
         *,
         limits: Limits | None = None,
         server_id: str = "dits-remote",
+        temp_pack_size: int = PACK_TARGET_SIZE,
     ) -> None:
         self.root = root
         self.limits = limits or Limits()
@@ -115,7 +116,10 @@ class RemoteService:
         self.index = ServerIndex(root / "index")
         self.temp_env = LmdbEnvironment(root / "temp")
         self.temp = PackBlobStore(
-            self.temp_env, root / "temp" / "packs", max_value_size=self.limits.max_object_size
+            self.temp_env,
+            root / "temp" / "packs",
+            max_value_size=self.limits.max_object_size,
+            pack_target_size=temp_pack_size,
         )
         self.storage = storage
         self.tokens = tokens
@@ -315,6 +319,7 @@ class RemoteService:
         placed: dict[tuple[BlobKind, ObjectId], BlobLocation] = {}
         with self.index.read() as txn:
             todo = [item for item in walk.temp_items if self.index.location(txn, *item) is None]
+        todo = self._link_sealed_temp_packs(todo, placed, report)
         if not self._pack_buffers:
             size = PACK_SIZE + self.limits.max_chunk_size + _RECORD_HEAD
             self._pack_buffers = [bytearray(size), bytearray(size)]
@@ -325,7 +330,8 @@ class RemoteService:
                 writer.add(self.temp, key, placed)
         finally:
             writer.finish(placed)
-        report.packs, report.bytes_stored = writer.packs, writer.bytes
+        report.packs += writer.packs
+        report.bytes_stored += writer.bytes
         report.promoted = len(placed)
         cas = [RefCas(c.name, c.expected_old, c.new) for c in changes]
         report.released = self.index.promote(
@@ -334,6 +340,53 @@ class RemoteService:
         if report.released:
             self.temp.delete_many([oid for _, oid in report.released])
         return report
+
+    def _link_sealed_temp_packs(
+        self,
+        todo: list[tuple[BlobKind, ObjectId]],
+        placed: dict[tuple[BlobKind, ObjectId], BlobLocation],
+        report: PushReport,
+    ) -> list[tuple[BlobKind, ObjectId]]:
+        """Promote whole temp packs by hard link where the backend allows it; return the rest.
+
+        A temp pack that is no longer the one being appended to never changes again, and its
+        records were hashed on receipt and fsynced before they were recorded, so on the local
+        backend it can become a permanent pack object as it is: one link instead of copying
+        every byte again. Records in it that this push does not promote (other uploads, dead
+        space) are stored but never indexed, so nobody can read them.
+        """
+        link = getattr(self.storage, "link_file", None)
+        if link is None or not todo:
+            return todo
+        usage = self.temp.pack_usage()
+        current = max(usage, default=0)
+        by_pack: dict[int, list[tuple[tuple[BlobKind, ObjectId], PackLocation]]] = {}
+        rest: list[tuple[BlobKind, ObjectId]] = []
+        for key in todo:
+            where = self.temp.locate(key[1])
+            if where.pack == current:
+                rest.append(key)
+            else:
+                by_pack.setdefault(where.pack, []).append((key, where))
+        for entries in by_pack.values():
+            path = entries[0][1].path
+            try:
+                with open(path, "rb") as fh:
+                    digest = blake3.blake3(max_threads=blake3.blake3.AUTO)
+                    while block := fh.read(8 << 20):
+                        digest.update(block)
+                pack = digest.digest()
+                if link(pack_key(pack), path):
+                    report.packs += 1
+                    report.bytes_stored += path.stat().st_size
+            except OSError:  # another file system (EXDEV) or the like: copy these records
+                rest.extend(key for key, _ in entries)
+                continue
+            for key, where in entries:
+                placed[key] = BlobLocation(
+                    pack, where.data_offset, where.stored_size, where.plain_size
+                )
+        return rest
 
     def temp_maintenance(self) -> None:
         """Give back the space of promoted temp blobs (run after pushes and by gc)."""

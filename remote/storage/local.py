@@ -182,6 +182,27 @@ class LocalStorage:
             raise StorageNotFoundError(f"no object stored under key {key!r}")
         return fd
 
+    def link_file(self, key: str, source: Path) -> bool:
+        """Create ``key`` as a hard link to ``source``, an immutable, durable file.
+
+        The create-only step is the link itself; an existing key must have the same length
+        (its name is the hash of the content). Returns False if the key already existed.
+
+        Raises:
+            OSError: EXDEV when ``source`` is on another file system (the caller copies).
+        """
+        validate_key(key)
+        final = self.root / key
+        folder = self._make_folders(key)
+        try:
+            os.link(source, final)
+        except FileExistsError:
+            if final.stat().st_size != source.stat().st_size:
+                raise StorageConflictError(f"key {key!r} holds other bytes") from None
+            return False
+        _fsync_dir(folder)
+        return True
+
     def size(self, key: str) -> int | None:
         """Return the file's length, or None if absent."""
         validate_key(key)
