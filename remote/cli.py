@@ -1,4 +1,4 @@
-"""`dits-remote`: serve, init, token create|list|revoke, fsck, stats.
+"""`dits-remote`: serve, init, token create|list|revoke, fsck, gc, stats.
 
 Errors are one line and a documented exit code, as in the client (``--debug`` for tracebacks).
 """
@@ -210,6 +210,37 @@ def fsck(root: Path, storage: str | None, s3_endpoint: str | None, as_json: bool
         )
     if not report.clean:
         sys.exit(5)
+
+
+@cli.command()
+@_root_option
+@click.option(
+    "--temp-ttl-hours",
+    type=float,
+    default=72.0,
+    show_default=True,
+    help="Forget unpromoted uploads older than this (abandoned pushes).",
+)
+@click.option("--json", "as_json", is_flag=True)
+def gc(root: Path, temp_ttl_hours: float, as_json: bool) -> None:
+    """Expire abandoned uploads in the temporary tier and give their space back."""
+    from remote.app import open_service
+
+    _require_root(root)
+    if temp_ttl_hours < 0:
+        raise UsageError("--temp-ttl-hours must not be negative")
+    service = open_service(root)
+    try:
+        report = service.expire_temp(temp_ttl_hours * 3600)
+    finally:
+        service.close()
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+    else:
+        click.echo(
+            f"expired {report['entries_expired']} uploads, removed {report['blobs_removed']} "
+            f"temporary blobs, freed {report['bytes_freed']} bytes"
+        )
 
 
 @cli.command()

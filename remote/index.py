@@ -179,6 +179,30 @@ class ServerIndex:
                 count += 1
         return count
 
+    def expire_temp(self, cutoff: float) -> tuple[int, list[tuple[BlobKind, ObjectId]]]:
+        """Drop temp entries created before ``cutoff`` (server clock), in one transaction.
+
+        Returns how many entries went, and the blobs no temp entry names any more (their temp
+        bytes may go).
+        """
+        db = self._db["temp"]
+        dropped = 0
+        orphaned: list[tuple[BlobKind, ObjectId]] = []
+        with self._lock, self._env.begin(write=True) as txn:
+            old = [
+                bytes(key)
+                for key, value in txn.cursor(db=db)
+                if _TEMP_VALUE.unpack(value)[0] < cutoff
+            ]
+            for key in old:
+                txn.delete(key, db=db)
+                dropped += 1
+            for key in dict.fromkeys(k[: 1 + ID_LEN] for k in old):
+                kind, oid = BlobKind(key[0]), ObjectId(key[1:])
+                if self.temp_holders(txn, kind, oid) == 0:
+                    orphaned.append((kind, oid))
+        return dropped, orphaned
+
     def iter_temp(self) -> Iterator[tuple[BlobKind, ObjectId, int, bytes, float]]:
         with self._env.begin() as txn:
             rows = [(bytes(k), bytes(v)) for k, v in txn.cursor(db=self._db["temp"])]

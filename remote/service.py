@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -387,6 +388,18 @@ class RemoteService:
                     pack, where.data_offset, where.stored_size, where.plain_size
                 )
         return rest
+
+    def expire_temp(self, max_age: float) -> dict[str, int]:
+        """Forget uploads older than ``max_age`` seconds that no push promoted (abandoned
+        pushes), free their temp bytes and repack the temp tier."""
+        dropped, orphaned = self.index.expire_temp(time.time() - max_age)
+        removed = self.temp.delete_many([oid for _, oid in orphaned]) if orphaned else 0
+        repacked = self.temp.repack()
+        return {
+            "entries_expired": dropped,
+            "blobs_removed": removed,
+            "bytes_freed": repacked.bytes_freed,
+        }
 
     def temp_maintenance(self) -> None:
         """Give back the space of promoted temp blobs (run after pushes and by gc)."""

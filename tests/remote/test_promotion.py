@@ -85,3 +85,24 @@ def test_small_pushes_are_copied_into_packs(tmp_path: Path) -> None:
     assert [bytes(b.data) for b in service.get(session, BlobKind.CHUNK, ids)] == chunks
     assert server_fsck(service).clean
     service.close()
+
+
+def test_gc_expires_abandoned_uploads_only(tmp_path: Path) -> None:
+    service, session = _service(tmp_path, temp_pack_size=300_000)
+    pushed = [random_bytes(100_000, 200 + i) for i in range(3)]
+    _push(service, session, pushed)
+    abandoned = [random_bytes(100_000, 300 + i) for i in range(6)]
+    ids = [hash_bytes(c) for c in abandoned]
+    service.put_chunks(
+        session, [PutChunk(i, Encoding.RAW, len(c), c) for i, c in zip(ids, abandoned, strict=True)]
+    )
+    assert service.have(session, BlobKind.CHUNK, tuple(ids)) == [True] * 6
+    assert service.expire_temp(3600)["entries_expired"] == 0  # young uploads stay
+    report = service.expire_temp(0)
+    assert report["entries_expired"] == 6 and report["blobs_removed"] == 6
+    assert service.have(session, BlobKind.CHUNK, tuple(ids)) == [False] * 6
+    assert service.temp.stats().count == 0
+    pushed_ids = tuple(hash_bytes(c) for c in pushed)
+    assert [bytes(b.data) for b in service.get(session, BlobKind.CHUNK, pushed_ids)] == pushed
+    assert server_fsck(service).clean
+    service.close()
