@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from dits.protocol import (
+    Blob,
     Get,
     Have,
     HaveResult,
@@ -210,12 +211,26 @@ class RequestHandler:
             raise ProtocolViolation(f"{type(msg).__name__} is not a request")
 
     async def _serve_get(self, session: Session, msg: Get, writer: StreamWriterLike) -> None:
-        blobs = await self._run(lambda: list(self.service.get(session, msg.kind, msg.ids)))
-        last = len(blobs) - 1
-        for i, blob in enumerate(blobs):
-            for buf in encode_message(blob, final=i == last, max_payload=self.limits.max_payload):
-                writer.write(buf)
-            await writer.drain()
+        """Stream the blobs, reading about one batch ahead: a Get may name thousands of
+        chunks, and the server never holds more than a batch of them in memory."""
+        blobs = self.service.get(session, msg.kind, msg.ids)
+
+        def take() -> list[Blob]:
+            group: list[Blob] = []
+            size = 0
+            while size < _BATCH_BYTES and (blob := next(blobs, None)) is not None:
+                group.append(blob)
+                size += len(blob.data)
+            return group
+
+        sent = 0
+        while group := await self._run(take):
+            for blob in group:
+                sent += 1
+                final = sent == len(msg.ids)
+                for buf in encode_message(blob, final=final, max_payload=self.limits.max_payload):
+                    writer.write(buf)
+                await writer.drain()
 
     async def _serve_put(
         self,

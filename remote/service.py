@@ -63,6 +63,7 @@ log = logging.getLogger("dits.remote")
 
 PACK_SIZE = 16 << 20  # promoted blobs are packed into objects of about this size (see docs)
 _RECORD_HEAD = 36  # id + u32 stored length, as in client packs
+_READ_BYTES = 8 << 20  # adjacent records are read together up to this much
 _REF_PREFIX = "refs/heads/"
 
 
@@ -175,7 +176,8 @@ class RemoteService:
         return self.index.have(session.repo_id, session.uploader, kind, ids)
 
     def get(self, session: Session, kind: BlobKind, ids: tuple[ObjectId, ...]) -> Iterator[Blob]:
-        """Blobs in request order; ranges that touch in one pack are read with one request.
+        """Blobs in request order, read lazily; records that touch in one pack are read with one
+        request of at most about 8 MiB.
 
         Raises:
             NotFoundError: an id is absent or not readable in this repository (one answer).
@@ -191,7 +193,7 @@ class RemoteService:
                 )
             j = i + 1
             end = where.offset + where.stored_size
-            while j < len(ids) and j - i < 256:
+            while j < len(ids) and end - where.offset < _READ_BYTES:
                 nxt = places[j]
                 if nxt is None or nxt.pack != where.pack or nxt.offset != end + _RECORD_HEAD:
                     break
