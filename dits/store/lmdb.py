@@ -91,6 +91,9 @@ __all__ = [
     "LmdbIndexStore",
     "LmdbRefStore",
     "StoreUnavailableError",
+    "add_counters",
+    "read_counters",
+    "validated_batch",
 ]
 
 _T = TypeVar("_T")
@@ -625,6 +628,28 @@ def _open_dbs(env: lmdb.Environment, path: Path, readonly: bool) -> dict[bytes, 
     return dbs
 
 
+def validated_batch(
+    items: Iterable[tuple[ObjectId, bytes | memoryview]], max_value_size: int, kind: str
+) -> dict[ObjectId, bytes | memoryview]:
+    """The items of a ``put_many`` call, checked and de-duplicated (first value per id wins).
+
+    Raises:
+        ValueError: an id is not 32 bytes or a value exceeds ``max_value_size``.
+    """
+    batch: dict[ObjectId, bytes | memoryview] = {}
+    for oid, value in items:
+        _check_id(oid)
+        if isinstance(value, memoryview) and (value.format != "B" or value.ndim != 1):
+            value = value.cast("B")  # so len() counts bytes
+        if len(value) > max_value_size:
+            raise ValueError(
+                f"{kind} {short_id(oid)} has {len(value)} bytes, above the limit of "
+                f"{max_value_size}"
+            )
+        batch.setdefault(oid, value)
+    return batch
+
+
 def _check_id(oid: bytes) -> None:
     if len(oid) != ID_LEN:
         raise ValueError(f"object id must be {ID_LEN} bytes, got {len(oid)}")
@@ -682,17 +707,7 @@ class LmdbBlobStore:
             ValueError: an id is not 32 bytes or a value exceeds ``max_value_size``.
             StorageFullError: the disk is full; none of the items became visible.
         """
-        batch: dict[ObjectId, bytes | memoryview] = {}
-        for oid, value in items:
-            _check_id(oid)
-            if isinstance(value, memoryview) and (value.format != "B" or value.ndim != 1):
-                value = value.cast("B")  # so len() counts bytes
-            if len(value) > self._max_value_size:
-                raise ValueError(
-                    f"{self._kind} {short_id(oid)} has {len(value)} bytes, above the limit of "
-                    f"{self._max_value_size}"
-                )
-            batch.setdefault(oid, value)
+        batch = validated_batch(items, self._max_value_size, self._kind)
         if not batch:
             return 0
         present = self.has_many(batch)
@@ -719,7 +734,7 @@ class LmdbBlobStore:
                     plain += len(value)
                     stored += len(at_rest)
             if count:
-                _add_counters(txn, meta, stats_key, count, plain, stored)
+                add_counters(txn, meta, stats_key, count, plain, stored)
             return stored
 
         return self._env.write(body, size_hint=size_hint)
@@ -765,7 +780,7 @@ class LmdbBlobStore:
                 txn.delete(oid, db=db)
                 count += 1
             if count:
-                _add_counters(txn, meta, stats_key, -count, -plain, -stored)
+                add_counters(txn, meta, stats_key, -count, -plain, -stored)
             return count
 
         return self._env.write(body)
@@ -796,7 +811,7 @@ class LmdbBlobStore:
 
         def body(txn: lmdb.Transaction[memoryview]) -> BlobStats:
             entries = int(txn.stat(db)["entries"])
-            count, plain, stored = _read_counters(txn, meta, stats_key)
+            count, plain, stored = read_counters(txn, meta, stats_key)
             if count == entries:
                 return BlobStats(count, plain, stored)
             # Counters disagree (a repair tool wrote the database directly): recount.
@@ -816,9 +831,7 @@ def _plain_size_or_guess(raw: memoryview) -> int:
         return max(len(raw) - 1, 0)  # corrupt header: the best guess keeps counters non-negative
 
 
-def _read_counters(
-    txn: lmdb.Transaction[memoryview], meta: Any, key: bytes
-) -> tuple[int, int, int]:
+def read_counters(txn: lmdb.Transaction[memoryview], meta: Any, key: bytes) -> tuple[int, int, int]:
     raw = txn.get(key, db=meta)
     if raw is None or len(raw) != _STATS_STRUCT.size:
         return (0, 0, 0)
@@ -826,10 +839,10 @@ def _read_counters(
     return int(count), int(plain), int(stored)
 
 
-def _add_counters(
+def add_counters(
     txn: lmdb.Transaction[memoryview], meta: Any, key: bytes, count: int, plain: int, stored: int
 ) -> None:
-    old = _read_counters(txn, meta, key)
+    old = read_counters(txn, meta, key)
     new = (max(old[0] + count, 0), max(old[1] + plain, 0), max(old[2] + stored, 0))
     txn.put(key, _STATS_STRUCT.pack(*new), db=meta)
 

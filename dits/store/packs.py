@@ -53,7 +53,15 @@ from dits.core.compression import compress_if_worthwhile, decode_stored
 from dits.core.ids import ID_LEN, ObjectId, hash_bytes, short_id
 from dits.errors import CorruptObjectError, ObjectNotFoundError, StorageFullError
 from dits.store.base import BlobStats
-from dits.store.lmdb import DB_CHUNKS, DB_META, LmdbEnvironment, StoreUnavailableError
+from dits.store.lmdb import (
+    DB_CHUNKS,
+    DB_META,
+    LmdbEnvironment,
+    StoreUnavailableError,
+    add_counters,
+    read_counters,
+    validated_batch,
+)
 
 __all__ = ["PACK_TARGET_SIZE", "PackBlobStore", "PackLocation", "RepackResult"]
 
@@ -66,7 +74,6 @@ _FILE_HEADER: Final = struct.Struct("<8sII")  # magic, format, pack number
 _RECORD_HEADER: Final = struct.Struct("<32sI")  # chunk id, stored length
 _LOCATION: Final = struct.Struct("<IQII")  # pack, record offset, stored length, plain length
 _PACK_META: Final = struct.Struct("<QQ")  # committed end, live stored bytes
-_STATS: Final = struct.Struct("<QQQ")  # count, plain bytes, stored bytes (same as lmdb.py)
 _STATS_KEY: Final = b"stats:" + DB_CHUNKS
 _PACK_KEY_PREFIX: Final = b"pack:"
 _RAW_TAG: Final = b"\x00"
@@ -194,18 +201,7 @@ class PackBlobStore:
             ValueError: an id is not 32 bytes or a value exceeds ``max_value_size``.
             StorageFullError: the disk is full; none of the items became visible.
         """
-        batch: dict[ObjectId, bytes | memoryview] = {}
-        for oid, value in items:
-            if len(oid) != ID_LEN:
-                raise ValueError(f"chunk id must be {ID_LEN} bytes, got {len(oid)}")
-            if isinstance(value, memoryview) and (value.format != "B" or value.ndim != 1):
-                value = value.cast("B")
-            if len(value) > self._max_value_size:
-                raise ValueError(
-                    f"chunk {short_id(oid)} has {len(value)} bytes, above the limit of "
-                    f"{self._max_value_size}"
-                )
-            batch.setdefault(oid, value)
+        batch = validated_batch(items, self._max_value_size, "chunk")
         if not batch:
             return 0
         present = self.has_many(batch)
@@ -298,7 +294,7 @@ class PackBlobStore:
                 end, live = _read_pack_meta(txn, meta, pack)
                 txn.put(_pack_key(pack), _PACK_META.pack(end, max(live - size, 0)), db=meta)
             if count:
-                _add_stats(txn, meta, -count, -plain, -stored)
+                add_counters(txn, meta, _STATS_KEY, -count, -plain, -stored)
             return count
 
         return self._env.write(body)
@@ -324,11 +320,7 @@ class PackBlobStore:
         meta = self._meta
 
         def body(txn: Any) -> BlobStats:
-            raw = txn.get(_STATS_KEY, db=meta)
-            if raw is None or len(raw) != _STATS.size:
-                return BlobStats(0, 0, 0)
-            count, plain, stored = _STATS.unpack(raw)
-            return BlobStats(int(count), int(plain), int(stored))
+            return BlobStats(*read_counters(txn, meta, _STATS_KEY))
 
         return self._env.read(body)
 
@@ -516,7 +508,7 @@ class PackBlobStore:
                 # else: another process stored it meanwhile; our copy is dead bytes for repack
             txn.put(_pack_key(number), _PACK_META.pack(new_end, live + stored), db=meta)
             if count:
-                _add_stats(txn, meta, count, plain, stored)
+                add_counters(txn, meta, _STATS_KEY, count, plain, stored)
             return stored
 
         return self._env.write(body, size_hint=len(entries) * 64)
@@ -644,13 +636,6 @@ def _read_pack_meta(txn: Any, meta: Any, number: int) -> tuple[int, int]:
         return (0, 0)
     end, live = _PACK_META.unpack(raw)
     return int(end), int(live)
-
-
-def _add_stats(txn: Any, meta: Any, count: int, plain: int, stored: int) -> None:
-    raw = txn.get(_STATS_KEY, db=meta)
-    old = _STATS.unpack(raw) if raw is not None and len(raw) == _STATS.size else (0, 0, 0)
-    new = (max(old[0] + count, 0), max(old[1] + plain, 0), max(old[2] + stored, 0))
-    txn.put(_STATS_KEY, _STATS.pack(*new), db=meta)
 
 
 def _pwrite_all(fd: int, buffers: Sequence[bytes | memoryview], offset: int) -> None:
