@@ -60,12 +60,7 @@ class RemoteSession:
         self.spec = spec
         self.welcome = welcome
         self.limits = Limits().narrowed(welcome.limits)
-        self._hello = Hello(
-            tuple(SUPPORTED_VERSIONS),
-            (spec.token or "").encode(),
-            spec.url.repo,
-            f"dits/{__version__}",
-        )
+        self._hello = _hello(spec)
         self._authed: weakref.WeakSet[asyncio.StreamReader] = weakref.WeakSet()
         self.bytes_sent = 0
         self.bytes_received = 0
@@ -198,6 +193,12 @@ async def _receive(stream: _Stream, request: Message, limits: Limits) -> tuple[l
     return out, size
 
 
+def _hello(spec: RemoteSpec) -> Hello:
+    return Hello(
+        tuple(SUPPORTED_VERSIONS), (spec.token or "").encode(), spec.url.repo, f"dits/{__version__}"
+    )
+
+
 def _say_pinned(spec: RemoteSpec) -> Callable[[str], None]:
     def say(fingerprint: str) -> None:
         print(
@@ -227,9 +228,7 @@ async def open_session(
         verify=hosts.verifier(spec.url.host, spec.url.port, on_pinned=_say_pinned(spec)),
         connect_timeout=timeout,
     )
-    hello = Hello(
-        tuple(SUPPORTED_VERSIONS), (spec.token or "").encode(), spec.url.repo, f"dits/{__version__}"
-    )
+    hello = _hello(spec)
     try:
         reader, writer = await conn.open_stream()
         stream = _Stream(reader, writer)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -164,18 +164,17 @@ async def _push(
         if remote_old == tip:
             result.up_to_date = True
             return result
-        objects, chunk_ids, total_chunks = await _plan_push(repo, session, tip)
-        result.objects_total = len(objects)
+        # The plan holds only objects the server said it lacks, and their chunks with sizes.
+        objects, chunks, total_chunks = await _plan_push(repo, session, tip)
+        result.objects_total = result.objects_sent = len(objects)
         result.chunks_total = total_chunks
-        on_server = await session.have(BlobKind.CHUNK, chunk_ids) if chunk_ids else set()
-        missing_chunks = [c for c in chunk_ids if c not in on_server]
+        on_server = await session.have(BlobKind.CHUNK, list(chunks)) if chunks else set()
+        missing_chunks = [(c, size) for c, size in chunks.items() if c not in on_server]
         result.chunks_sent = len(missing_chunks)
         if on_total is not None:
-            on_total(sum(_sizes(repo, missing_chunks)))
+            on_total(sum(size for _, size in missing_chunks))
         await _send_chunks(repo, session, missing_chunks, on_bytes)
-        missing_objects = await _missing_objects(session, objects)
-        result.objects_sent = len(missing_objects)
-        await _send_objects(repo, session, missing_objects)
+        await _send_objects(repo, session, objects)
         await session.update_refs([RefChange(ref, remote_old, tip, force)])
         result.bytes_sent = session.bytes_sent
         return result
@@ -186,8 +185,9 @@ async def _push(
 
 async def _plan_push(
     repo: Repository, session: RemoteSession, tip: ObjectId
-) -> tuple[list[ObjectId], list[ObjectId], int]:
-    """Objects the server may lack, chunk ids to ask about, and the chunk count of ``tip``."""
+) -> tuple[list[ObjectId], dict[ObjectId, int], int]:
+    """Objects the server lacks, the chunks (id -> size) of their manifests to ask about, and
+    the number of chunks this push is about (see below)."""
     commits = _local_commits(repo, tip)
     have = await session.have(BlobKind.OBJECT, commits)
     todo = [c for c in commits if c not in have]
@@ -197,7 +197,7 @@ async def _plan_push(
         commit = repo.get_object(oid)
         assert isinstance(commit, Commit)
         level.append(commit.tree)
-    chunk_ids: dict[ObjectId, None] = {}
+    chunk_sizes: dict[ObjectId, int] = {}
     seen: set[ObjectId] = set(todo)
     while level:
         level = [o for o in dict.fromkeys(level) if o not in seen]
@@ -214,12 +214,12 @@ async def _plan_push(
             if isinstance(obj, Tree):
                 next_level.extend(e.id for e in obj.entries)
             elif isinstance(obj, Manifest):
-                chunk_ids.update((c.id, None) for c in obj.chunks)
+                chunk_sizes.update((c.id, c.size) for c in obj.chunks)
         level = next_level
     # "M of N chunks already on server": N counts every chunk this push is about, the tip's
     # and those of any other new manifest, so M = N - sent is never negative.
-    total = len(_tip_chunks(repo, tip) | chunk_ids.keys())
-    return objects, list(chunk_ids), total
+    total = len(_tip_chunks(repo, tip) | chunk_sizes.keys())
+    return objects, chunk_sizes, total
 
 
 def _local_commits(repo: Repository, tip: ObjectId) -> list[ObjectId]:
@@ -252,17 +252,6 @@ def _tip_chunks(repo: Repository, tip: ObjectId) -> set[ObjectId]:
     return chunks
 
 
-def _sizes(repo: Repository, ids: Iterable[ObjectId]) -> Iterable[int]:
-    locate = getattr(repo.chunks, "locate", None)
-    for oid in ids:
-        yield locate(oid).plain_size if locate is not None else 0
-
-
-async def _missing_objects(session: RemoteSession, objects: list[ObjectId]) -> list[ObjectId]:
-    present = await session.have(BlobKind.OBJECT, objects) if objects else set()
-    return [o for o in objects if o not in present]
-
-
 def _read_chunk_batch(repo: Repository, ids: list[ObjectId]) -> list[PutChunk]:
     """The at-rest form is sent as is: RAW or one zstd frame. Not re-hashed here: the server
     hashes every byte it receives and refuses a mismatch, naming the chunk."""
@@ -279,15 +268,17 @@ def _read_chunk_batch(repo: Repository, ids: list[ObjectId]) -> list[PutChunk]:
 
 
 async def _send_chunks(
-    repo: Repository, session: RemoteSession, ids: list[ObjectId], on_bytes: Progress | None
+    repo: Repository,
+    session: RemoteSession,
+    chunks: list[tuple[ObjectId, int]],
+    on_bytes: Progress | None,
 ) -> None:
-    if not ids:
+    if not chunks:
         return
-    sizes = list(_sizes(repo, ids))
     batches: list[list[ObjectId]] = []
     current: list[ObjectId] = []
     size = 0
-    for oid, n in zip(ids, sizes, strict=True):
+    for oid, n in chunks:
         current.append(oid)
         size += n
         if size >= BATCH_BYTES:
@@ -400,7 +391,7 @@ async def _fetch_objects(
         next_level: list[ObjectId] = []
         for oid in level:
             if oid in local:
-                _children(repo.get_object(oid), next_level, chunks, local_only=True)
+                _children(repo.get_object(oid), next_level, chunks)
         step = session.limits.max_batch
         for i in range(0, len(wanted), step):
             async for blob in session.get(BlobKind.OBJECT, wanted[i : i + step]):
@@ -417,14 +408,12 @@ async def _fetch_objects(
                         ids=[blob.id],
                     ) from None
                 got.append((blob.id, data))
-                _children(obj, next_level, chunks, local_only=False)
+                _children(obj, next_level, chunks)
         level = next_level
     return got, list(chunks.items())
 
 
-def _children(
-    obj: Object, out: list[ObjectId], chunks: dict[ObjectId, int], *, local_only: bool
-) -> None:
+def _children(obj: Object, out: list[ObjectId], chunks: dict[ObjectId, int]) -> None:
     if isinstance(obj, Commit):
         out.append(obj.tree)
         out.extend(obj.parents)
@@ -433,7 +422,6 @@ def _children(
     elif isinstance(obj, Manifest):
         for c in obj.chunks:
             chunks[c.id] = c.size
-    del local_only
 
 
 async def _fetch_chunks(
