@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 
 from dits.core.codec import encode_object, object_id
-from dits.core.ids import ObjectId
-from dits.core.objects import Commit, Identity, Tree, TreeEntry, TreeEntryKind
+from dits.core.objects import Commit, Identity
 from dits.protocol import (
     Blob,
     Encoding,
@@ -29,13 +28,7 @@ from dits.protocol import (
 from dits.transport import serve
 from dits.transport.tls import ensure_self_signed
 from tests.conftest import DitsRunner
-
-
-def hostile_tree(name: str) -> bytes:
-    tree = object.__new__(Tree)  # below the Tree class, which refuses such names
-    entry = TreeEntry(name, TreeEntryKind.FILE, 0o100644, 0, ObjectId(bytes(32)))
-    object.__setattr__(tree, "entries", (entry,))
-    return encode_object(tree)
+from tests.remote.helpers import hostile_tree
 
 
 class RogueServer:

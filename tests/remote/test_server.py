@@ -31,6 +31,7 @@ from dits.protocol import (
 )
 from dits.remotes import RemoteSpec, parse_url
 from tests.conftest import DitsRunner, random_bytes
+from tests.remote.helpers import hostile_tree
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -51,10 +52,10 @@ class Server:
         return RemoteSpec("origin", parse_url(self.url(repo)), token, transport)
 
 
-def _remote(root: Path, *args: str) -> str:
-    """``dits-remote ARGS`` with ``--root ROOT`` added where the command takes it."""
-    del root  # every call below passes --root itself where needed
-    return remote_cli(*args)
+def new_root(root: Path, repo: str = "proj") -> str:
+    """A server root with repository ``repo``; returns a write token for it."""
+    remote_cli("init", "--root", str(root), repo)
+    return remote_cli("token", "create", "--root", str(root), "--repo", repo, "--write")
 
 
 def start_server(root: Path, *extra: str) -> tuple[LocalServer, int]:
@@ -83,11 +84,11 @@ def server_fsck(root: Path, *extra: str) -> subprocess.CompletedProcess[str]:
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[Server]:
     root = tmp_path / "srv"
-    _remote(root, "init", "--root", str(root), "proj")
-    _remote(root, "init", "--root", str(root), "other")
-    write = _remote(root, "token", "create", "--root", str(root), "--repo", "proj", "--write")
-    read = _remote(root, "token", "create", "--root", str(root), "--repo", "proj", "--read")
-    other = _remote(root, "token", "create", "--root", str(root), "--repo", "other", "--write")
+    remote_cli("init", "--root", str(root), "proj")
+    remote_cli("init", "--root", str(root), "other")
+    write = remote_cli("token", "create", "--root", str(root), "--repo", "proj", "--write")
+    read = remote_cli("token", "create", "--root", str(root), "--repo", "proj", "--read")
+    other = remote_cli("token", "create", "--root", str(root), "--repo", "other", "--write")
     proc, port = start_server(root)
     running = Server(root, port, proc, write, read, other)
     yield running
@@ -325,8 +326,7 @@ def test_push_and_clone_with_s3_permanent_storage(
     tmp_path: Path, s3_endpoint: str, s3_bucket: str, s3_admin: object
 ) -> None:
     root = tmp_path / "srv"
-    _remote(root, "init", "--root", str(root), "proj")
-    token = _remote(root, "token", "create", "--root", str(root), "--repo", "proj", "--write")
+    token = new_root(root)
     proc, port = start_server(
         root, "--storage", f"s3://{s3_bucket}/dits", "--s3-endpoint", s3_endpoint
     )
@@ -354,23 +354,12 @@ def test_push_and_clone_with_s3_permanent_storage(
     assert json.loads(fsck.stdout)["clean"] is True
 
 
-def _hostile_tree(name: str) -> bytes:
-    """A tree encoding naming ``name``: built below the Tree class, which would refuse it."""
-    from dits.core.codec import encode_object
-    from dits.core.objects import Tree, TreeEntry, TreeEntryKind
-
-    tree = object.__new__(Tree)
-    entry = TreeEntry(name, TreeEntryKind.FILE, 0o100644, 0, ObjectId(bytes(32)))
-    object.__setattr__(tree, "entries", (entry,))
-    return encode_object(tree)
-
-
 @pytest.mark.parametrize("name", ["..", ".dits", ".DITS", "a/b", "nul\x00", ".dits."])
 def test_hostile_tree_names_are_refused_on_receipt(server: Server, name: str) -> None:
     from dits.core.codec import object_id
     from dits.protocol import InvalidObjectError, PutObject
 
-    data = _hostile_tree(name)
+    data = hostile_tree(name)
 
     async def scenario() -> None:
         session = await open_session(server.spec(server.write_token))
@@ -429,7 +418,7 @@ def test_revoked_token_stops_working_on_an_open_connection(server: Server) -> No
             await session.list_refs()
             token_id = server.write_token.split("_")[1]
             await asyncio.to_thread(
-                _remote, server.root, "token", "revoke", "--root", str(server.root), token_id
+                remote_cli, "token", "revoke", "--root", str(server.root), token_id
             )
             with pytest.raises(UnauthenticatedError):
                 await session.list_refs()
@@ -487,8 +476,7 @@ def test_several_worker_processes_serve_one_port(tmp_path: Path) -> None:
     import socket
 
     root = tmp_path / "srv"
-    _remote(root, "init", "--root", str(root), "proj")
-    token = _remote(root, "token", "create", "--root", str(root), "--repo", "proj", "--write")
+    token = new_root(root)
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -554,8 +542,7 @@ def test_permanent_storage_failure_fails_the_push_and_the_ref_stays(
     tmp_path: Path, s3_endpoint: str, s3_bucket: str, s3_admin: Any
 ) -> None:
     root = tmp_path / "srv"
-    _remote(root, "init", "--root", str(root), "proj")
-    token = _remote(root, "token", "create", "--root", str(root), "--repo", "proj", "--write")
+    token = new_root(root)
     proc, port = start_server(
         root, "--storage", f"s3://{s3_bucket}/dits", "--s3-endpoint", s3_endpoint
     )
