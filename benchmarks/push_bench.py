@@ -29,21 +29,10 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.add_bench import REPO_ROOT, write_random
-from dits.net.local_server import LocalServer, remote_cli
+from dits.net.local_server import LocalServer, peak_rss, remote_cli
 
 MiB = 1 << 20
 ENV = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "DITS_COMMIT_TIME": "1700000000"}
-
-
-def _peak_rss(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/status") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except FileNotFoundError:
-        pass
-    return 0
 
 
 def _run(cwd: Path, *args: str, env: dict[str, str] | None = None) -> tuple[float, str, int]:
@@ -63,7 +52,7 @@ def _run(cwd: Path, *args: str, env: dict[str, str] | None = None) -> tuple[floa
     def watch() -> None:
         nonlocal peak
         while not done.is_set():
-            peak = max(peak, _peak_rss(proc.pid))
+            peak = max(peak, peak_rss(proc.pid))
             time.sleep(0.05)
 
     watcher = threading.Thread(target=watch, daemon=True)

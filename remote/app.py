@@ -67,32 +67,8 @@ def run(
         cert, key = root / "tls" / "cert.pem", root / "tls" / "key.pem"
         ensure_self_signed(cert, key, [host] if host not in ("0.0.0.0", "::") else [])
     fingerprint = load_fingerprint(cert)
-    children: list[int] = []
-    if workers > 1:
-        if port == 0:
-            raise SystemExit("dits-remote: --workers above 1 needs an explicit port")
-        for _ in range(workers - 1):
-            pid = os.fork()
-            if pid == 0:  # a worker: its own service, its own listeners on the same port
-                code = asyncio.run(
-                    _serve(
-                        root,
-                        host,
-                        port,
-                        storage,
-                        s3_endpoint,
-                        cert,
-                        key,
-                        quic,
-                        tcp,
-                        True,
-                        grace,
-                        None,
-                    )
-                )
-                os._exit(code)
-            children.append(pid)
-    try:
+
+    def serve_once(reuse_port: bool, announce: str | None) -> int:
         return asyncio.run(
             _serve(
                 root,
@@ -104,11 +80,23 @@ def run(
                 key,
                 quic,
                 tcp,
-                workers > 1,
+                reuse_port,
                 grace,
-                fingerprint,
+                announce,
             )
         )
+
+    children: list[int] = []
+    if workers > 1:
+        if port == 0:
+            raise SystemExit("dits-remote: --workers above 1 needs an explicit port")
+        for _ in range(workers - 1):
+            pid = os.fork()
+            if pid == 0:  # a worker: its own service, its own listeners on the same port
+                os._exit(serve_once(True, None))
+            children.append(pid)
+    try:
+        return serve_once(workers > 1, fingerprint)
     finally:
         for pid in children:
             try:

@@ -15,7 +15,7 @@ from types import TracebackType
 
 from dits.errors import DitsError
 
-__all__ = ["LocalServer", "remote_cli"]
+__all__ = ["LocalServer", "peak_rss", "remote_cli"]
 
 _REPO_ROOT = str(Path(__file__).resolve().parents[2])
 
@@ -24,6 +24,18 @@ def _env(extra: dict[str, str] | None) -> dict[str, str]:
     # Works from a source checkout as well as from an installed package.
     path = os.pathsep.join(p for p in (_REPO_ROOT, os.environ.get("PYTHONPATH", "")) if p)
     return {**os.environ, "PYTHONPATH": path, **(extra or {})}
+
+
+def peak_rss(pid: int) -> int:
+    """Peak resident set (VmHWM) of process ``pid`` in bytes; 0 if unknown (not Linux, gone)."""
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except FileNotFoundError:
+        pass
+    return 0
 
 
 def remote_cli(*args: str, env: dict[str, str] | None = None) -> str:
@@ -88,16 +100,7 @@ class LocalServer:
 
     def peak_rss(self) -> int:
         """The server's peak resident set (VmHWM) in bytes, 0 if unknown."""
-        if self.proc is None:
-            return 0
-        try:
-            with open(f"/proc/{self.proc.pid}/status") as fh:
-                for line in fh:
-                    if line.startswith("VmHWM:"):
-                        return int(line.split()[1]) * 1024
-        except FileNotFoundError:
-            pass
-        return 0
+        return 0 if self.proc is None else peak_rss(self.proc.pid)
 
     def kill(self) -> None:
         """SIGKILL, as a crash would."""
