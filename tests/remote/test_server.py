@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -600,3 +601,54 @@ def test_remote_gc_runs_beside_a_live_server(server: Server) -> None:
     assert report == {"entries_expired": 0, "blobs_removed": 0, "bytes_freed": 0}
     stats = json.loads(remote_cli("stats", "--root", str(server.root), "--json"))
     assert stats["repositories"] == ["other", "proj"]
+
+
+def test_pre_push_hook_sees_the_refs_and_can_refuse(server: Server, tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    dits = DitsRunner(work)
+    make_repo(dits, {"a.txt": b"a"})
+    dits("remote", "add", "origin", server.url(), "--token", server.write_token)
+    hook = work / ".dits" / "hooks" / "pre-push"
+    hook.parent.mkdir(exist_ok=True)
+    seen = tmp_path / "seen.txt"
+    hook.write_text(f'#!/bin/sh\necho "$1 $2" > {seen}\ncat >> {seen}\nexit 1\n')
+    hook.chmod(0o755)
+    code, _, err = dits("push")
+    assert code == 8, err
+    lines = seen.read_text().splitlines()
+    assert lines[0] == f"origin {server.url()}"
+    local_ref, local_commit, remote_ref, remote_commit = lines[1].split()
+    assert (local_ref, remote_ref, remote_commit) == ("refs/heads/main",) * 2 + ("0" * 64,)
+    assert _server_refs(server.url(), server.write_token) == {}  # nothing was pushed
+    hook.write_text("#!/bin/sh\nexit 0\n")
+    assert dits("push")[0] == 0
+    refs = _server_refs(server.url(), server.write_token)
+    assert refs["refs/heads/main"].hex() == local_commit
+
+
+def test_fetch_updates_remote_tracking_branches_and_logs_name_the_token(
+    server: Server, tmp_path: Path
+) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    da = DitsRunner(a)
+    make_repo(da, {"one.txt": b"1"})
+    da("remote", "add", "origin", server.url(), "--token", server.write_token)
+    assert da("push")[0] == 0
+    assert DitsRunner(tmp_path)("clone", server.url(), str(b), "--token", server.read_token)[0] == 0
+    (a / "two.txt").write_text("2")
+    da("add", ".")
+    da("commit", "-m", "two")
+    assert da("push")[0] == 0
+    code, out, err = DitsRunner(b)("fetch", "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    tip = json.loads(da("log", "--json")[1])[0]["commit"]
+    assert report["updated"] == {"main": tip}
+    assert report["objects_received"] >= 3 and report["chunks_received"] == 1
+    assert not (b / "two.txt").exists()  # fetch never touches the working tree
+    log = (server.root / "server.log").read_text()
+    token_id = server.write_token.split("_")[1]
+    assert re.search(rf"\[\d+\] INFO dits.remote: \d+\.\d+ hello repo=proj token={token_id} ", log)
+    assert re.search(r"\d+\.\d+ update-refs repo=proj refs/heads/main promoted=\d+", log)
