@@ -1,7 +1,10 @@
 """Writing snapshots to the working tree: `switch`/`checkout` a branch and `restore` paths.
 
-Files are written atomically (temporary file in the same folder, fsync, rename) with their
-mode restored, so a crash leaves either the old or the new file. Every chunk is verified against
+Files are written atomically (temporary file, fsync, rename) with their mode restored, so a
+crash leaves either the old or the new file. Temporary files live in `.dits/tmp/` so a killed
+checkout leaves nothing in the working tree; the next `_apply` sweeps what a dead process left.
+Only a folder on another filesystem (a mount inside the tree) gets a sibling temporary file,
+since a rename cannot cross filesystems. Every chunk is verified against
 its id as it is read; a corrupt chunk aborts that one file (its temporary file is removed, the
 old file stays), the others are written, and the failure is reported. Nothing is ever written
 through a symlink: a parent folder that is a link is refused.
@@ -10,6 +13,7 @@ through a symlink: a parent folder that is a link is refused.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import stat
 from collections.abc import Callable, Iterable
@@ -76,6 +80,54 @@ def _ensure_parent(root: Path, path: str) -> Path:
     return current
 
 
+_TEMP_PREFIX = "checkout-"
+_temp_counter = itertools.count()
+
+
+def _temp_dir(repo: Repository) -> Path:
+    path = repo.dits_dir / "tmp"
+    path.mkdir(exist_ok=True)
+    return path
+
+
+def _temp_path(repo: Repository, parent: Path, name: str) -> Path:
+    """A temporary name on the same filesystem as ``parent``, outside the tree when possible."""
+    temp_dir = _temp_dir(repo)
+    if os.stat(temp_dir).st_dev == os.stat(parent).st_dev:
+        return temp_dir / f"{_TEMP_PREFIX}{os.getpid()}-{next(_temp_counter)}"
+    return parent / f".{name}.dits-tmp-{os.getpid()}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep_stale_temp(repo: Repository) -> int:
+    """Remove temporary files left by checkouts whose process is gone; return how many."""
+    removed = 0
+    temp_dir = repo.dits_dir / "tmp"
+    try:
+        names = os.listdir(temp_dir)
+    except FileNotFoundError:
+        return 0
+    for name in names:
+        if not name.startswith(_TEMP_PREFIX):
+            continue
+        pid_text = name[len(_TEMP_PREFIX) :].split("-", 1)[0]
+        if not pid_text.isdigit() or _pid_alive(int(pid_text)):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp_dir / name)
+            removed += 1
+    return removed
+
+
 def write_entry(
     repo: Repository,
     path: str,
@@ -91,7 +143,7 @@ def write_entry(
     parent = _ensure_parent(repo.root, path)
     target = repo.root / path
     name = path.rsplit("/", 1)[-1]
-    tmp = parent / f".{name}.dits-tmp-{os.getpid()}"
+    tmp = _temp_path(repo, parent, name)
     if entry.kind is EntryKind.SYMLINK:
         link = repo.get_typed(entry.oid, Symlink)
         with contextlib.suppress(FileNotFoundError):
@@ -136,6 +188,7 @@ def _apply(
     on_bytes: Callable[[int], None] | None,
 ) -> dict[str, IndexEntry | None]:
     index_changes: dict[str, IndexEntry | None] = {}
+    sweep_stale_temp(repo)
     # Removals first: a file may become a folder in the target.
     for path in sorted(p for p, e in changes.items() if e is None):
         repo.worktree.remove_file(path)

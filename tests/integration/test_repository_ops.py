@@ -193,6 +193,29 @@ def test_restore_and_unstage(repo: Repository) -> None:
     assert status(repo).clean
 
 
+def test_restore_leaves_no_temp_files_and_sweeps_dead_ones(repo: Repository) -> None:
+    import subprocess
+    import sys
+
+    write(repo.root, "media/a.mov", random_bytes(2 << 20, 3))
+    add_paths(repo, [""])
+    do_commit(repo, "c")
+    # A checkout killed mid-write leaves its temporary file under .dits/tmp, named by its pid.
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    temp_dir = repo.dits_dir / "tmp"
+    temp_dir.mkdir(exist_ok=True)
+    stale = temp_dir / f"checkout-{dead.pid}-0"
+    stale.write_bytes(b"half a file")
+    ours = temp_dir / f"checkout-{os.getpid()}-999"
+    ours.write_bytes(b"in use by a live process")
+    (repo.root / "media/a.mov").write_bytes(b"edited")
+    restore(repo, ["media/a.mov"])
+    assert sorted(os.listdir(repo.root / "media")) == ["a.mov"]
+    assert not stale.exists() and ours.exists()
+    assert status(repo).clean
+
+
 def test_rm_and_mv(repo: Repository) -> None:
     write(repo.root, "dir/a.txt", b"a")
     write(repo.root, "b.txt", b"b")
