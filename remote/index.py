@@ -158,14 +158,13 @@ class ServerIndex:
         key = bytes([kind]) + oid + _REPO.pack(repo) + uploader
         return txn.get(key, db=self._db["temp"]) is not None
 
-    def add_temp(
-        self, repo: int, uploader: bytes, items: Iterable[tuple[BlobKind, ObjectId]]
-    ) -> None:
+    def add_temp(self, items: Iterable[tuple[int, bytes, BlobKind, ObjectId]]) -> None:
+        """Record (repo, uploader, kind, id) temp entries in one durable transaction."""
         now = _TEMP_VALUE.pack(time.time())
-        suffix = _REPO.pack(repo) + uploader
         with self._env.begin(write=True) as txn:
-            for kind, oid in items:
-                txn.put(bytes([kind]) + oid + suffix, now, db=self._db["temp"])
+            for repo, uploader, kind, oid in items:
+                key = bytes([kind]) + oid + _REPO.pack(repo) + uploader
+                txn.put(key, now, db=self._db["temp"])
 
     def temp_holders(self, txn: Any, kind: BlobKind, oid: bytes) -> int:
         """How many (repo, uploader) temp entries name this blob."""

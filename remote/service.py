@@ -7,7 +7,8 @@ pool; tests may call them directly. The push protocol follows RELIABILITY.md 2.3
    plus what this uploader already uploaded here (so an interrupted push resumes).
 2. ``put_chunks`` / ``put_objects``: every byte is decompressed under a cap and re-hashed, even
    when the server already holds that id; then written to the temporary store, made durable,
-   and only then recorded as this uploader's temp entry.
+   and only then recorded as this uploader's temp entry. Concurrent batches share one flush
+   (``remote.group_commit``); a batch is answered only after the flush that covers it.
 3. ``update_refs``: fast-forward check, connectivity check from each new tip (a walk that stops
    at what the repository can already see), promotion of the walked temp blobs into permanent
    storage as pack objects (create-only, durable), then one durable index transaction that
@@ -19,6 +20,7 @@ pool; tests may call them directly. The push protocol follows RELIABILITY.md 2.3
 from __future__ import annotations
 
 import logging
+import secrets
 import threading
 import time
 from collections.abc import Iterator
@@ -54,6 +56,7 @@ from dits.protocol import (
 )
 from dits.store.lmdb import LmdbEnvironment
 from dits.store.packs import PACK_TARGET_SIZE, PackBlobStore, PackLocation
+from remote.group_commit import GroupCommit
 from remote.index import BlobLocation, RefCas, ServerIndex, uploader_key
 from remote.storage import PermanentStorage, StorageNotFoundError
 
@@ -63,6 +66,7 @@ log = logging.getLogger("dits.remote")
 
 PACK_SIZE = 16 << 20  # promoted blobs are packed into objects of about this size (see docs)
 _RECORD_HEAD = 36  # id + u32 stored length, as in client packs
+_LINK_MIN_BYTES = 32 << 20  # below this, promotion copies out of the open temp pack instead
 _READ_BYTES = 8 << 20  # adjacent records are read together up to this much
 _REF_PREFIX = "refs/heads/"
 
@@ -125,6 +129,9 @@ class RemoteService:
         )
         self.storage = storage
         self.tokens = tokens
+        self._temp_commit: GroupCommit[tuple[int, bytes, BlobKind, ObjectId]] = GroupCommit(
+            self._commit_temp
+        )
         self._promote_lock = threading.Lock()
         self._pack_buffers: list[bytearray] = []  # reused by every promotion (under the lock)
         self.counters: dict[str, int] = {
@@ -264,12 +271,19 @@ class RemoteService:
         fresh = [item for item, have in zip(items, already, strict=True) if not have]
         if fresh:
             self.temp.put_many(fresh)
-            self.temp_env.durable()  # bytes on disk before the entry that promises them
-            self.index.add_temp(session.repo_id, session.uploader, [(kind, i) for i, _ in fresh])
+            self._temp_commit.submit(
+                [(session.repo_id, session.uploader, kind, i) for i, _ in fresh]
+            )
         key = "chunks_received" if kind is BlobKind.CHUNK else "objects_received"
         self.counters[key] += len(items)
         self.counters["bytes_received"] += sum(len(d) for _, d in items)
         return len(items), len(fresh)
+
+    def _commit_temp(self, entries: list[tuple[int, bytes, BlobKind, ObjectId]]) -> None:
+        """One flush for every upload batch that arrived since the last: bytes first, then
+        the entries that promise them (called by the group commit's leader thread)."""
+        self.temp_env.durable()
+        self.index.add_temp(entries)
 
     # -- ref updates -----------------------------------------------------------------------------
 
@@ -352,33 +366,35 @@ class RemoteService:
     ) -> list[tuple[BlobKind, ObjectId]]:
         """Promote whole temp packs by hard link where the backend allows it; return the rest.
 
-        A temp pack that is no longer the one being appended to never changes again, and its
-        records were hashed on receipt and fsynced before they were recorded, so on the local
-        backend it can become a permanent pack object as it is: one link instead of copying
-        every byte again. Records in it that this push does not promote (other uploads, dead
-        space) are stored but never indexed, so nobody can read them.
+        A final temp pack (one no longer appended to) never changes again, and its records
+        were hashed on receipt and fsynced before they were recorded, so on the local backend
+        it can become a permanent pack object as it is: one link instead of copying every byte
+        again. When this push has at least ``_LINK_MIN_BYTES`` in the pack still being appended
+        to, that pack is closed first so it can be linked too. Records in a linked pack that
+        this push does not promote (other uploads, dead space) are stored but never indexed,
+        so nobody can read them. A linked pack is named by a random id rather than by its
+        content hash: hashing it would mean reading every byte back.
         """
         link = getattr(self.storage, "link_file", None)
         if link is None or not todo:
             return todo
-        usage = self.temp.pack_usage()
-        current = max(usage, default=0)
+        where_of = [(key, self.temp.locate(key[1])) for key in todo]
+        open_pack = self.temp.open_pack()
+        in_open = sum(w.stored_size for _, w in where_of if w.pack == open_pack)
+        if in_open >= _LINK_MIN_BYTES:
+            self.temp.close_open_pack()
+            open_pack = self.temp.open_pack()
         by_pack: dict[int, list[tuple[tuple[BlobKind, ObjectId], PackLocation]]] = {}
         rest: list[tuple[BlobKind, ObjectId]] = []
-        for key in todo:
-            where = self.temp.locate(key[1])
-            if where.pack == current:
+        for key, where in where_of:
+            if where.pack == open_pack:
                 rest.append(key)
             else:
                 by_pack.setdefault(where.pack, []).append((key, where))
         for entries in by_pack.values():
             path = entries[0][1].path
+            pack = secrets.token_bytes(32)
             try:
-                with open(path, "rb") as fh:
-                    digest = blake3.blake3(max_threads=blake3.blake3.AUTO)
-                    while block := fh.read(8 << 20):
-                        digest.update(block)
-                pack = digest.digest()
                 if link(pack_key(pack), path):
                     report.packs += 1
                     report.bytes_stored += path.stat().st_size

@@ -74,8 +74,10 @@ _FILE_HEADER: Final = struct.Struct("<8sII")  # magic, format, pack number
 _RECORD_HEADER: Final = struct.Struct("<32sI")  # chunk id, stored length
 _LOCATION: Final = struct.Struct("<IQII")  # pack, record offset, stored length, plain length
 _PACK_META: Final = struct.Struct("<QQ")  # committed end, live stored bytes
+_FLOOR: Final = struct.Struct("<I")
 _STATS_KEY: Final = b"stats:" + DB_CHUNKS
 _PACK_KEY_PREFIX: Final = b"pack:"
+_APPEND_FLOOR_KEY: Final = b"pack-append-floor"  # packs numbered below it are never appended to
 _RAW_TAG: Final = b"\x00"
 _IOV_MAX: Final = 1024  # Linux's limit on buffers per pwritev
 _DISK_FULL: Final = frozenset({errno.ENOSPC, errno.EDQUOT})
@@ -430,17 +432,48 @@ class PackBlobStore:
 
     def _current_pack(self) -> tuple[int, int, int]:
         """(number, committed end, live bytes) of the pack to append to, opening a new one when
-        the newest is full. Called under the append lock."""
+        the newest is full or closed. Called under the append lock."""
         usage = self.pack_usage()
+        floor = self._append_floor()
         if usage:
             number = max(usage)
             end, live = usage[number]
-            if end < self._target:
+            if number >= floor and end < self._target:
                 return number, end, live
-            number += 1
-        else:
-            number = 1
-        return number, 0, 0
+            return max(number + 1, floor), 0, 0
+        return max(1, floor), 0, 0
+
+    def _append_floor(self) -> int:
+        meta = self._meta
+
+        def body(txn: Any) -> int:
+            raw = txn.get(_APPEND_FLOOR_KEY, db=meta)
+            return 0 if raw is None else int(_FLOOR.unpack(raw)[0])
+
+        return self._env.read(body)
+
+    def open_pack(self) -> int | None:
+        """The number of the pack the next append would extend, or None if it would start one.
+        Every other pack is final: its bytes never change again."""
+        with self._append_lock():
+            number, end, _ = self._current_pack()
+        return number if end else None
+
+    def close_open_pack(self) -> int | None:
+        """Make the pack being appended to final, durably, and return its number (None when
+        there was none). The next append starts a new pack."""
+        meta = self._meta
+        with self._append_lock():
+            number, end, _ = self._current_pack()
+            if not end:
+                return None
+
+            def body(txn: Any) -> None:
+                txn.put(_APPEND_FLOOR_KEY, _FLOOR.pack(number + 1), db=meta)
+
+            self._env.write(body)
+            self._env.durable()
+        return number
 
     def _open_for_append(self, number: int, end: int) -> tuple[int, int]:
         """An fd on pack ``number`` cut back to its committed ``end`` (a fresh pack gets its

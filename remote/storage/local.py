@@ -186,7 +186,8 @@ class LocalStorage:
         """Create ``key`` as a hard link to ``source``, an immutable, durable file.
 
         The create-only step is the link itself; an existing key must have the same length
-        (its name is the hash of the content). Returns False if the key already existed.
+        (callers name linked files by a random id, so a clash means a retry of the same link).
+        Returns False if the key already existed.
 
         Raises:
             OSError: EXDEV when ``source`` is on another file system (the caller copies).

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
+import remote.service
 from dits.core.codec import encode_object, object_id
 from dits.core.ids import ObjectId, hash_bytes
 from dits.core.objects import ChunkRef, Commit, Identity, Manifest, Tree, TreeEntry, TreeEntryKind
@@ -20,7 +23,9 @@ class _AllowAll:
         return Permission.READ | Permission.WRITE
 
 
-def _push(service: RemoteService, session: Session, chunks: list[bytes]) -> ObjectId:
+def _push(
+    service: RemoteService, session: Session, chunks: list[bytes], ref: str = "refs/heads/main"
+) -> ObjectId:
     ids = [hash_bytes(c) for c in chunks]
     service.put_chunks(
         session, [PutChunk(i, Encoding.RAW, len(c), c) for i, c in zip(ids, chunks, strict=True)]
@@ -41,7 +46,7 @@ def _push(service: RemoteService, session: Session, chunks: list[bytes]) -> Obje
     commit = encode_object(Commit(object_id(tree), (), who, who, "c"))
     service.put_objects(session, [PutObject(object_id(o), o) for o in (manifest, tree, commit)])
     tip = object_id(commit)
-    service.update_refs(session, (RefChange("refs/heads/main", None, tip),))
+    service.update_refs(session, (RefChange(ref, None, tip),))
     return tip
 
 
@@ -104,5 +109,28 @@ def test_gc_expires_abandoned_uploads_only(tmp_path: Path) -> None:
     assert service.temp.stats().count == 0
     pushed_ids = tuple(hash_bytes(c) for c in pushed)
     assert [bytes(b.data) for b in service.get(session, BlobKind.CHUNK, pushed_ids)] == pushed
+    assert server_fsck(service).clean
+    service.close()
+
+
+def test_a_big_push_closes_the_open_temp_pack_and_links_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(remote.service, "_LINK_MIN_BYTES", 200_000)
+    service, session = _service(tmp_path, temp_pack_size=256 << 20)
+    chunks = [random_bytes(100_000, 400 + i) for i in range(4)]
+    _push(service, session, chunks)
+    files = [p for p in (tmp_path / "srv" / "storage" / "packs").rglob("*") if p.is_file()]
+    # Nothing was copied: the one permanent pack is the temp pack itself, by hard link.
+    assert len(files) == 1 and files[0].read_bytes()[:8] == b"DITSPACK"
+    linked_size = files[0].stat().st_size
+    assert files[0].stat().st_nlink == 2
+    # The next upload goes to a new temp pack: the linked file never changes again.
+    later = [random_bytes(100_000, 500 + i) for i in range(3)]
+    _push(service, session, later, ref="refs/heads/other")
+    assert files[0].stat().st_size == linked_size
+    service.temp_maintenance()
+    ids = tuple(hash_bytes(c) for c in chunks + later)
+    assert [bytes(b.data) for b in service.get(session, BlobKind.CHUNK, ids)] == chunks + later
     assert server_fsck(service).clean
     service.close()

@@ -136,6 +136,30 @@ def test_corrupt_record_is_named_never_returned(env: LmdbEnvironment) -> None:
     store.close()
 
 
+def test_a_closed_pack_is_never_appended_to_again(env: LmdbEnvironment) -> None:
+    store = open_store(env)
+    first = chunks(2, 10 * KIB, seed=20)
+    store.put_many(first)
+    number = store.open_pack()
+    assert number is not None
+    assert store.close_open_pack() == number
+    assert store.open_pack() is None and store.close_open_pack() is None
+    closed = store.locate(first[0][0]).path
+    size = closed.stat().st_size
+    later = chunks(2, 10 * KIB, seed=21)
+    store.put_many(later)
+    assert store.locate(later[0][0]).pack == number + 1
+    # Even once every later pack is gone, the closed one stays closed (a reopened store too).
+    store.delete_many([oid for oid, _ in later])
+    store.repack()
+    store.close()
+    store = open_store(env)
+    store.put_many(chunks(1, 10 * KIB, seed=22))
+    assert closed.stat().st_size == size
+    assert [store.get(oid) for oid, _ in first] == [data for _, data in first]
+    store.close()
+
+
 def test_repack_reclaims_dead_packs_and_keeps_live_chunks(env: LmdbEnvironment) -> None:
     store = open_store(env, target=64 * KIB)
     batches = [chunks(4, 20 * KIB, seed=10 + b) for b in range(6)]
