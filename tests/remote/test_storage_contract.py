@@ -420,6 +420,50 @@ def test_s3_missing_bucket_and_dead_endpoint_give_one_clear_line(
     dead.close()
 
 
+def test_s3_silent_endpoint_times_out_retries_and_fails_cleanly(
+    aws_env: None, fast_backoff: None
+) -> None:
+    """An endpoint that accepts connections and never answers: each attempt times out, is
+    retried, and the put ends in one transient error instead of hanging."""
+    from remote.storage.s3 import S3Storage
+
+    attempts: list[socket.socket] = []
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    stop = threading.Event()
+
+    def accept_and_stay_silent() -> None:
+        listener.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            attempts.append(conn)  # never read from, never answered
+
+    thread = threading.Thread(target=accept_and_stay_silent, daemon=True)
+    thread.start()
+    port = listener.getsockname()[1]
+    silent = S3Storage(
+        "bucket", endpoint_url=f"http://127.0.0.1:{port}", read_timeout=0.3, max_retries=2
+    )
+    started = time.monotonic()
+    try:
+        with pytest.raises(StorageUnavailableError, match="timed out") as caught:
+            silent.put("chunks/ab/x", b"payload")
+        assert caught.value.transient
+        assert time.monotonic() - started < 10
+        assert len(attempts) == 3  # the first try and two retries, each on a new connection
+    finally:
+        silent.close()
+        stop.set()
+        thread.join(5)
+        for conn in attempts:
+            conn.close()
+        listener.close()
+
+
 def test_s3_list_skips_foreign_objects(request: pytest.FixtureRequest, s3_admin: Any) -> None:
     store = _moto_storage(request)
     store.put("chunks/ab/mine", b"x")
