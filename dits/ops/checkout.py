@@ -34,7 +34,14 @@ from dits.ops.status import content_changed
 from dits.repository import HEADS, Repository, validate_branch_name
 from dits.store.base import RefUpdate
 
-__all__ = ["CheckoutResult", "restore", "switch", "write_entry"]
+__all__ = [
+    "CheckoutResult",
+    "PendingFile",
+    "restore",
+    "sweep_stale_temp",
+    "switch",
+    "write_entry",
+]
 
 
 @dataclass
@@ -128,6 +135,62 @@ def sweep_stale_temp(repo: Repository) -> int:
     return removed
 
 
+class PendingFile:
+    """A file being written under its temporary name; ``commit`` moves it into place.
+
+    Chunks may be written at any offset, in any order, from any thread (``os.pwrite``); the
+    caller calls ``commit`` once every byte is written, or ``abort`` to drop the temporary file.
+    Neither may run while another thread still writes.
+
+    Raises:
+        UnsafePathError: (constructor) a parent is a symlink or a file.
+    """
+
+    def __init__(self, repo: Repository, path: str, mode: int) -> None:
+        parent = _ensure_parent(repo.root, path)
+        self.path = path
+        self.mode = 0o755 if mode & 0o111 else 0o644
+        self.target = repo.root / path
+        self.tmp = _temp_path(repo, parent, path.rsplit("/", 1)[-1])
+        self.fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+
+    def write_at(self, data: bytes | memoryview, offset: int) -> None:
+        """Write all of ``data`` at ``offset``."""
+        view = memoryview(data)
+        while view:
+            n = os.pwrite(self.fd, view, offset)
+            view, offset = view[n:], offset + n
+
+    def commit(self) -> os.stat_result:
+        """Set the mode, fsync, rename over the target; return the target's lstat.
+
+        Raises:
+            UnsafePathError: a folder is in the way (the temporary file is then removed).
+        """
+        try:
+            os.fchmod(self.fd, self.mode)
+            os.fsync(self.fd)
+            self._close()
+            if os.path.isdir(self.target) and not os.path.islink(self.target):
+                raise UnsafePathError(f"{self.path}: a folder is in the way")
+            os.replace(self.tmp, self.target)
+        except BaseException:
+            self.abort()
+            raise
+        return os.lstat(self.target)
+
+    def abort(self) -> None:
+        """Close and remove the temporary file; the target is left as it was."""
+        self._close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.tmp)
+
+    def _close(self) -> None:
+        if self.fd >= 0:
+            fd, self.fd = self.fd, -1
+            os.close(fd)
+
+
 def write_entry(
     repo: Repository,
     path: str,
@@ -140,11 +203,10 @@ def write_entry(
         CorruptObjectError / ObjectNotFoundError: a chunk is bad; the old file is untouched.
         UnsafePathError: a parent is a symlink or a file.
     """
-    parent = _ensure_parent(repo.root, path)
-    target = repo.root / path
-    name = path.rsplit("/", 1)[-1]
-    tmp = _temp_path(repo, parent, name)
     if entry.kind is EntryKind.SYMLINK:
+        parent = _ensure_parent(repo.root, path)
+        target = repo.root / path
+        tmp = _temp_path(repo, parent, path.rsplit("/", 1)[-1])
         link = repo.get_typed(entry.oid, Symlink)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -152,33 +214,21 @@ def write_entry(
         os.replace(tmp, target)
         return os.lstat(target)
     manifest = repo.get_typed(entry.oid, Manifest)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    pending = PendingFile(repo, path, entry.mode)
     try:
-        try:
-            for ref in manifest.chunks:
-                data = repo.chunks.get(ref.id)
-                if len(data) != ref.size:
-                    raise CorruptObjectError(
-                        f"{path}: chunk {ref.id.hex()[:12]} has the wrong size"
-                    )
-                view = memoryview(data)
-                while view:
-                    n = os.write(fd, view)
-                    view = view[n:]
-                if on_bytes is not None:
-                    on_bytes(ref.size)
-            os.fchmod(fd, 0o755 if entry.mode & 0o111 else 0o644)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        if os.path.isdir(target) and not os.path.islink(target):
-            raise UnsafePathError(f"{path}: a folder is in the way")
-        os.replace(tmp, target)
+        offset = 0
+        for ref in manifest.chunks:
+            data = repo.chunks.get(ref.id)
+            if len(data) != ref.size:
+                raise CorruptObjectError(f"{path}: chunk {ref.id.hex()[:12]} has the wrong size")
+            pending.write_at(data, offset)
+            offset += ref.size
+            if on_bytes is not None:
+                on_bytes(ref.size)
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+        pending.abort()
         raise
-    return os.lstat(target)
+    return pending.commit()
 
 
 def _apply(

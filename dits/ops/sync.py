@@ -11,6 +11,9 @@ Fetch mirrors it: objects level by level (``Get``), then the chunks the local st
 parallel streams, each verified against its id before it is stored; objects are stored after
 the chunks they reach, and the remote-tracking ref last, so an interrupted fetch keeps its
 chunks and never leaves a ref pointing at something incomplete.
+
+Clone is a fetch whose checked-out files are written as their chunks arrive
+(`dits.ops.clone`), in the same order: chunks, objects, refs, then the index.
 """
 
 from __future__ import annotations
@@ -23,10 +26,12 @@ from pathlib import Path
 
 from dits.core.codec import decode_object, object_id
 from dits.core.ids import ObjectId, short_id
+from dits.core.index import IndexEntry
 from dits.core.objects import Commit, Manifest, Object, Tree
 from dits.errors import ConflictError, CorruptObjectError, UsageError
 from dits.hooks import run_hook
 from dits.net.client import RemoteSession, open_session
+from dits.ops.clone import stream_checkout
 from dits.protocol import (
     BlobKind,
     Encoding,
@@ -359,13 +364,7 @@ async def _fetch(
         # Objects after the chunks they reach, refs last (see the module docstring).
         for i in range(0, len(objects), 4096):
             repo.objects.put_many(objects[i : i + 4096])
-        updates = []
-        for ref, tip in tips.items():
-            tracking = REMOTES + f"{spec.name}/{ref[len(HEADS) :]}"
-            old = repo.refs.get_ref(tracking)
-            if old != tip:
-                updates.append(RefUpdate(tracking, tip, old))
-                result.updated[ref[len(HEADS) :]] = tip.hex()
+        updates = _tracking_updates(repo, spec, tips, result)
         if updates:
             repo.refs.update_refs(updates)
         result.bytes_received = session.bytes_received
@@ -373,6 +372,20 @@ async def _fetch(
     finally:
         result.seconds = time.perf_counter() - started
         await session.close()
+
+
+def _tracking_updates(
+    repo: Repository, spec: RemoteSpec, tips: dict[str, ObjectId], result: FetchResult
+) -> list[RefUpdate]:
+    """Moves of the remote-tracking refs to the server's ``tips``, noted in ``result``."""
+    updates = []
+    for ref, tip in tips.items():
+        tracking = REMOTES + f"{spec.name}/{ref[len(HEADS) :]}"
+        old = repo.refs.get_ref(tracking)
+        if old != tip:
+            updates.append(RefUpdate(tracking, tip, old))
+            result.updated[ref[len(HEADS) :]] = tip.hex()
+    return updates
 
 
 async def _fetch_objects(
@@ -464,6 +477,9 @@ async def _fetch_chunks(
     return received
 
 
+_CLONE_INCOMPLETE = "clone.incomplete"  # set until a clone has finished; allows a resume
+
+
 def clone(
     url: str,
     target: Path,
@@ -477,37 +493,117 @@ def clone(
 ) -> tuple[Repository, FetchResult]:
     """Create ``target``, fetch everything from ``url`` and check out the server's HEAD branch.
 
-    An interrupted clone can be resumed by running it again on the same folder: chunks already
-    stored are not downloaded again.
-    """
-    from dits.ops.checkout import switch
+    The chunks of the checked-out files are written into the files as they arrive, and stored
+    (`dits.ops.clone`); the chunks only history or other branches use follow, then the objects,
+    then the refs, then the index. An interrupted clone is resumed by running it again on the
+    same folder: chunks already stored are not downloaded again, and every file is rewritten.
 
+    Args:
+        url: ``dits://host[:port]/repo``.
+        target: the folder to create (or holding an interrupted clone of ``url``).
+        token: stored as ``remote.origin.token``.
+        transport: stored as ``remote.origin.transport``.
+        on_total: called once with the bytes of chunks to download.
+        on_bytes: called with the bytes of each batch of chunks downloaded (and written).
+        on_checkout: called once with the bytes of the files to write.
+        known_hosts: pinned certificates (default: the user's).
+
+    Returns:
+        The open repository (the caller closes it) and the fetch figures.
+
+    Raises:
+        UsageError: ``target`` is not empty and not an interrupted clone of ``url``.
+        ConflictError: an interrupted clone's branch differs from the server's.
+        HashMismatchError / ProtocolViolation: the server sent bad bytes; no partially
+            written file is left in the tree.
+    """
     parse_url(url)  # refuse a bad URL before creating anything
     resuming = (target / ".dits").is_dir()
     if target.exists() and any(target.iterdir()) and not resuming:
         raise UsageError(f"{target} exists and is not empty")
     target.mkdir(parents=True, exist_ok=True)
     repo = Repository.open(target) if resuming else Repository.init(target)
-    if resuming:
-        stored = repo.config.get("remote.origin.url")
-        if stored != url:
-            repo.close()
-            raise UsageError(
-                f"{target} holds an interrupted clone of {stored}; run the same clone again to "
-                "resume it, or remove the folder"
-            )
-    if not resuming:
-        add_remote(repo.config, "origin", url, token=token)
-        if transport:
-            repo.config.set("remote.origin.transport", transport)
-    result = fetch(repo, "origin", on_total=on_total, on_bytes=on_bytes, known_hosts=known_hosts)
-    branch = result.head[len(HEADS) :] if result.head.startswith(HEADS) else ""
-    tip = repo.refs.get_ref(REMOTES + f"origin/{branch}") if branch else None
-    if tip is not None:
-        if repo.refs.get_ref(HEADS + branch) is None:
-            repo.refs.update_refs([RefUpdate(HEADS + branch, tip, None)])
-        repo.refs.set_head(HEADS + branch)
-        if repo.head_commit() != tip:
-            raise ConflictError(f"local branch {branch} differs from origin; not checking out")
-        switch(repo, branch, force=True, on_plan=on_checkout)
+    try:
+        stored = repo.config.get("remote.origin.url") if resuming else None
+        if resuming:
+            # A clone sets refs only at its very end, so a folder with refs and no
+            # clone.incomplete mark is a finished clone (or another repository): rewriting
+            # every file would throw away the user's edits.
+            if not repo.config.get(_CLONE_INCOMPLETE) and repo.refs.list_refs():
+                raise UsageError(
+                    f"{target} is already a dits repository; run 'dits pull' inside it, or "
+                    "clone into a new folder"
+                )
+            if stored is not None and stored != url:
+                raise UsageError(
+                    f"{target} holds an interrupted clone of {stored}; run the same clone again "
+                    "to resume it, or remove the folder"
+                )
+        if stored is None:  # a new clone, or one killed before it noted its remote
+            add_remote(repo.config, "origin", url, token=token)
+            if transport:
+                repo.config.set("remote.origin.transport", transport)
+        repo.config.set(_CLONE_INCOMPLETE, True)
+        spec = get_remote(repo.config, "origin")
+        with repo.write_lock("dits clone"):
+            result = asyncio.run(_clone(repo, spec, on_total, on_bytes, on_checkout, known_hosts))
+        repo.config.unset(_CLONE_INCOMPLETE)
+    except BaseException:
+        repo.close()
+        raise
     return repo, result
+
+
+async def _clone(
+    repo: Repository,
+    spec: RemoteSpec,
+    on_total: Progress | None,
+    on_bytes: Progress | None,
+    on_checkout: Progress | None,
+    known_hosts: KnownHosts | None,
+) -> FetchResult:
+    started = time.perf_counter()
+    result = FetchResult(spec.name)
+    session = await open_session(spec, known_hosts=known_hosts)
+    try:
+        result.transport = session.transport
+        refs = await session.list_refs(HEADS)
+        result.head = refs.head
+        tips = refs.as_dict()
+        tip = tips.get(refs.head)
+        branch = refs.head[len(HEADS) :] if tip is not None else ""
+        if branch and repo.refs.get_ref(HEADS + branch) not in (None, tip):
+            raise ConflictError(f"local branch {branch} differs from origin; not checking out")
+        objects, chunks = await _fetch_objects(repo, session, list(tips.values()))
+        result.objects_received = len(objects)
+        local = repo.chunks.has_many([c for c, _ in chunks])
+        missing = {c: size for c, size in chunks if c not in local}
+        if on_total is not None:
+            on_total(sum(missing.values()))
+        index: dict[str, IndexEntry] = {}
+        if tip is not None:
+            streamed = await stream_checkout(
+                repo, session, tip, objects, missing, on_plan=on_checkout, on_bytes=on_bytes
+            )
+            index = streamed.index
+            result.chunks_received = len(streamed.fetched)
+            for oid in streamed.fetched:
+                del missing[oid]
+        # What the checked-out tip does not use: history, other branches.
+        result.chunks_received += await _fetch_chunks(repo, session, list(missing), on_bytes)
+        # Objects after the chunks they reach, refs last (see the module docstring).
+        for i in range(0, len(objects), 4096):
+            repo.objects.put_many(objects[i : i + 4096])
+        updates = _tracking_updates(repo, spec, tips, result)
+        if tip is not None and repo.refs.get_ref(HEADS + branch) is None:
+            updates.append(RefUpdate(HEADS + branch, tip, None))
+        if updates:
+            repo.refs.update_refs(updates)
+        if tip is not None:
+            repo.index.replace_all(index)
+            repo.refs.set_head(HEADS + branch)
+        result.bytes_received = session.bytes_received
+        return result
+    finally:
+        result.seconds = time.perf_counter() - started
+        await session.close()
