@@ -12,8 +12,9 @@ Scenarios (issue 3, section 4):
   memory   peak RSS (VmHWM) of the client and the server during each push and clone
            (target <= 300 MiB)
 Yardsticks measured in the same run, to read the push figure against:
-  disk     writing the same byte count into the server's folder and fsyncing it (a push
-           must do at least that; the bare transfer does not)
+  disk     writing the same byte count into the server's folder and fsyncing it, through
+           the page cache and with O_DIRECT as the server's packs do (a push must do at
+           least that; the bare transfer does not)
   cpu      CPU seconds of the client and of the server during the push, and the share of
            the two cores the bare transfer already used
 The client and the server are separate processes (`python -m dits.cli.main`,
@@ -24,25 +25,34 @@ from __future__ import annotations
 
 import argparse
 import json
+import mmap
 import os
-import resource
 import shutil
 import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from benchmarks.add_bench import REPO_ROOT, write_random
-from dits.net.local_server import LocalServer, peak_rss, remote_cli
+from dits.net.local_server import LocalServer, remote_cli
 
 MiB = 1 << 20
 ENV = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "DITS_COMMIT_TIME": "1700000000"}
 
 
-def _run(cwd: Path, *args: str, env: dict[str, str] | None = None) -> tuple[float, str, int]:
-    """Run the dits CLI; return (seconds, stdout, peak RSS bytes of the process)."""
+@dataclass
+class _Ran:
+    seconds: float
+    out: str
+    peak_rss: int  # bytes, the kernel's own high-water mark (ru_maxrss from wait4)
+    cpu: float  # user + system seconds
+
+
+def _run(cwd: Path, *args: str, env: dict[str, str] | None = None) -> _Ran:
+    """Run the dits CLI and reap it with ``wait4``, which reports its exact peak RSS and CPU."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "dits.cli.main", *args],
         cwd=cwd,
@@ -51,25 +61,26 @@ def _run(cwd: Path, *args: str, env: dict[str, str] | None = None) -> tuple[floa
         stderr=subprocess.PIPE,
         text=True,
     )
-    peak = 0
     t0 = time.perf_counter()
-    done = threading.Event()
+    outputs: dict[str, str] = {}
 
-    def watch() -> None:
-        nonlocal peak
-        while not done.is_set():
-            peak = max(peak, peak_rss(proc.pid))
-            time.sleep(0.05)
+    def drain(name: str, stream: Any) -> None:
+        outputs[name] = stream.read()
 
-    watcher = threading.Thread(target=watch, daemon=True)
-    watcher.start()
-    out, err = proc.communicate()
+    readers = [
+        threading.Thread(target=drain, args=("out", proc.stdout)),
+        threading.Thread(target=drain, args=("err", proc.stderr)),
+    ]
+    for reader in readers:
+        reader.start()
+    _, status, usage = os.wait4(proc.pid, 0)
     seconds = time.perf_counter() - t0
-    done.set()
-    watcher.join()
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    for reader in readers:
+        reader.join()
     if proc.returncode != 0:
-        raise SystemExit(f"dits {' '.join(args)} failed ({proc.returncode}): {err}")
-    return seconds, out, peak
+        raise SystemExit(f"dits {' '.join(args)} failed ({proc.returncode}): {outputs['err']}")
+    return _Ran(seconds, outputs["out"], usage.ru_maxrss * 1024, usage.ru_utime + usage.ru_stime)
 
 
 def bench(
@@ -106,14 +117,14 @@ def bench(
             _run(work, "remote", "add", "origin", url, "--token", token)
             _run(work, "config", "remote.origin.transport", transport)
             assert server.proc is not None
-            server_cpu0, client_cpu0 = _process_cpu(server.proc.pid), _children_cpu()
-            seconds, out, client_rss = _run(work, "push", "--json")
+            server_cpu0 = _process_cpu(server.proc.pid)
+            pushed = _run(work, "push", "--json")
             server_cpu = _process_cpu(server.proc.pid) - server_cpu0
-            client_cpu = _children_cpu() - client_cpu0
-            report = json.loads(out)
+            seconds, client_rss, client_cpu = pushed.seconds, pushed.peak_rss, pushed.cpu
+            report = json.loads(pushed.out)
             push_server_rss = server.peak_rss()
             clone_dir = data_dir / f"clone-{transport}"
-            clone_seconds, _, clone_rss = _run(
+            cloned = _run(
                 data_dir,
                 "clone",
                 url,
@@ -133,6 +144,7 @@ def bench(
         bare_name = "qh3" if transport == "quic" else "tcp"
         bare = bare_transfer(bare_name, size, streams=4)
         disk_mb_s = durable_write_mb_s(srv_root, size)
+        direct_mb_s = durable_write_mb_s(srv_root, size, direct=True)
         push_mb_s = size / seconds / 1e6
         bare_mb_s = bare["mib_s"] * MiB / 1e6
         results[transport] = {
@@ -141,24 +153,20 @@ def bench(
             "bare_mb_s": round(bare_mb_s, 1),
             "push_vs_bare": round(push_mb_s / bare_mb_s, 2),
             "disk_write_fsync_mb_s": round(disk_mb_s, 1),
+            "disk_direct_write_mb_s": round(direct_mb_s, 1),
             "push_client_cpu_s": round(client_cpu, 2),
             "push_server_cpu_s": round(server_cpu, 2),
             "bare_cpu_pct_of_two_cores": round(
                 (bare["client_cpu_pct"] + bare["server_cpu_pct"]) / 2
             ),
             "chunks_sent": report["chunks_sent"],
-            "clone_seconds": round(clone_seconds, 2),
-            "clone_mb_s": round(size / clone_seconds / 1e6, 1),
-            "client_peak_rss_mib": round(max(client_rss, clone_rss) / MiB, 1),
+            "clone_seconds": round(cloned.seconds, 2),
+            "clone_mb_s": round(size / cloned.seconds / 1e6, 1),
+            "client_peak_rss_mib": round(max(client_rss, cloned.peak_rss) / MiB, 1),
             "server_peak_rss_mib": round(max(push_server_rss, server_rss) / MiB, 1),
         }
     shutil.rmtree(data_dir)
     return results
-
-
-def _children_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
 
 
 def _process_cpu(pid: int) -> float:
@@ -166,24 +174,30 @@ def _process_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def durable_write_mb_s(folder: Path, size: int) -> float:
+def durable_write_mb_s(folder: Path, size: int, *, direct: bool = False) -> float:
     """Write ``size`` fresh random bytes into ``folder`` in 8 MiB pieces and fsync: the least
-    a push of that many bytes must do on the server's disk."""
-    pattern = os.urandom(64 * MiB)
+    a push of that many bytes must do on the server's disk. ``direct``: with O_DIRECT, as the
+    server's pack store writes (from page-aligned memory)."""
+    pattern: Any = mmap.mmap(-1, 64 * MiB)  # page-aligned, as O_DIRECT needs
+    pattern.write(os.urandom(64 * MiB))
     path = folder / "disk-yardstick.tmp"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | (os.O_DIRECT if direct else 0)
+    size -= size % (8 * MiB) if direct else 0
     started = time.perf_counter()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd = os.open(path, flags, 0o600)
+    whole = memoryview(pattern)
     try:
         done = 0
         while done < size:
             piece = min(8 * MiB, size - done)
             start = done % len(pattern)
-            view = memoryview(pattern)[start : start + piece]
-            done += os.write(fd, view)
+            done += os.write(fd, whole[start : start + piece])
         os.fsync(fd)
     finally:
         os.close(fd)
         path.unlink()
+        whole.release()
+        pattern.close()
     return size / (time.perf_counter() - started) / 1e6
 
 
@@ -205,8 +219,9 @@ def _make_reel_branch(work: Path, present_gib: float) -> None:
 
 
 def _push_present(work: Path, present_gib: float) -> dict[str, Any]:
-    seconds, out, rss = _run(work, "push", "origin", "reel", "--json")
-    report = json.loads(out)
+    ran = _run(work, "push", "origin", "reel", "--json")
+    seconds, rss = ran.seconds, ran.peak_rss
+    report = json.loads(ran.out)
     return {
         "bytes": int(present_gib * (1 << 30)),
         "push_seconds": round(seconds, 3),
