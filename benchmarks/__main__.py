@@ -14,6 +14,7 @@ BENCHMARKS: dict[str, str] = {
     "push": "benchmarks.push_bench",
     "transport": "benchmarks.transport_bench",
     "s3": "benchmarks.s3_bench",
+    "lossy": "benchmarks.lossy_bench",
 }
 """Benchmark name -> module path; the module defines ``main(argv: list[str] | None) -> int``."""
 

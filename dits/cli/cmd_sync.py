@@ -16,14 +16,35 @@ from dits.errors import ConflictError, UsageError
 @click.argument("remote", required=False)
 @click.argument("branch", required=False)
 @click.option("-f", "--force", is_flag=True, help="Allow a move that drops the server's commits.")
+@click.option(
+    "--transport",
+    type=click.Choice(["auto", "quic", "tcp"]),
+    default=None,
+    help="Override the remote's transport.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON report.")
 @pass_ctx
-def push_cmd(ctx: Ctx, remote: str | None, branch: str | None, force: bool, as_json: bool) -> None:
+def push_cmd(
+    ctx: Ctx,
+    remote: str | None,
+    branch: str | None,
+    force: bool,
+    transport: str | None,
+    as_json: bool,
+) -> None:
     """Send BRANCH (default: the current one) to REMOTE (default: origin)."""
     from dits.ops.sync import push
 
     with open_repo(ctx) as repo, progress(ctx, "pushing", json_mode=as_json) as (total, advance):
-        result = push(repo, remote, branch, force=force, on_total=total, on_bytes=advance)
+        result = push(
+            repo,
+            remote,
+            branch,
+            force=force,
+            transport=transport,
+            on_total=total,
+            on_bytes=advance,
+        )
     if as_json:
         emit_json(result.to_json())
         return
@@ -43,14 +64,20 @@ def push_cmd(ctx: Ctx, remote: str | None, branch: str | None, force: bool, as_j
 
 @click.command("fetch")
 @click.argument("remote", required=False)
+@click.option(
+    "--transport",
+    type=click.Choice(["auto", "quic", "tcp"]),
+    default=None,
+    help="Override the remote's transport.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON report.")
 @pass_ctx
-def fetch_cmd(ctx: Ctx, remote: str | None, as_json: bool) -> None:
+def fetch_cmd(ctx: Ctx, remote: str | None, transport: str | None, as_json: bool) -> None:
     """Download new commits from REMOTE (default: origin) into remote-tracking branches."""
     from dits.ops.sync import fetch
 
     with open_repo(ctx) as repo, progress(ctx, "fetching", json_mode=as_json) as (total, adv):
-        result = fetch(repo, remote, on_total=total, on_bytes=adv)
+        result = fetch(repo, remote, transport=transport, on_total=total, on_bytes=adv)
     if as_json:
         emit_json(result.to_json())
         return
@@ -65,9 +92,15 @@ def fetch_cmd(ctx: Ctx, remote: str | None, as_json: bool) -> None:
 
 @click.command("pull")
 @click.argument("remote", required=False)
+@click.option(
+    "--transport",
+    type=click.Choice(["auto", "quic", "tcp"]),
+    default=None,
+    help="Override the remote's transport.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON report.")
 @pass_ctx
-def pull_cmd(ctx: Ctx, remote: str | None, as_json: bool) -> None:
+def pull_cmd(ctx: Ctx, remote: str | None, transport: str | None, as_json: bool) -> None:
     """Fetch, then fast-forward or merge file by file the current branch."""
     from dits.cli.cmd_commit import git_identity
     from dits.ops.commit import identity
@@ -78,7 +111,7 @@ def pull_cmd(ctx: Ctx, remote: str | None, as_json: bool) -> None:
     with open_repo(ctx) as repo:
         spec = get_remote(repo.config, remote)
         with progress(ctx, "fetching", json_mode=as_json) as (total, adv):
-            fetched = fetch(repo, spec.name, on_total=total, on_bytes=adv)
+            fetched = fetch(repo, spec.name, transport=transport, on_total=total, on_bytes=adv)
         branch = repo.current_branch()
         theirs = repo.refs.get_ref(REMOTES + f"{spec.name}/{branch}")
         if theirs is None:

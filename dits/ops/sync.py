@@ -19,6 +19,7 @@ Clone is a fetch whose checked-out files are written as their chunks arrive
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -103,6 +104,10 @@ class FetchResult:
         return dict(self.__dict__)
 
 
+def _with_transport(spec: RemoteSpec, transport: str | None) -> RemoteSpec:
+    return spec if transport is None else dataclasses.replace(spec, transport=transport)
+
+
 # -- push -----------------------------------------------------------------------------------------
 
 
@@ -112,18 +117,21 @@ def push(
     branch: str | None = None,
     *,
     force: bool = False,
+    transport: str | None = None,
     on_total: Progress | None = None,
     on_bytes: Progress | None = None,
     known_hosts: KnownHosts | None = None,
 ) -> PushResult:
     """Push ``branch`` (default: the current one) to ``remote`` (default: origin).
 
+    ``transport`` (``auto``, ``quic``, ``tcp``) overrides the remote's configured one.
+
     Raises:
         UsageError: no such remote or branch.
         HookFailedError: the pre-push hook refused.
         StaleRefError / NonFastForwardError: the server's branch moved; pull first.
     """
-    spec = get_remote(repo.config, remote)
+    spec = _with_transport(get_remote(repo.config, remote), transport)
     branch = branch or repo.current_branch()
     ref = HEADS + branch
     tip = repo.refs.get_ref(ref)
@@ -328,12 +336,14 @@ def fetch(
     repo: Repository,
     remote: str | None = None,
     *,
+    transport: str | None = None,
     on_total: Progress | None = None,
     on_bytes: Progress | None = None,
     known_hosts: KnownHosts | None = None,
 ) -> FetchResult:
-    """Download every branch of ``remote`` the local store lacks; update remote-tracking refs."""
-    spec = get_remote(repo.config, remote)
+    """Download every branch of ``remote`` the local store lacks; update remote-tracking refs.
+    ``transport`` overrides the remote's configured one."""
+    spec = _with_transport(get_remote(repo.config, remote), transport)
     return asyncio.run(_fetch(repo, spec, on_total, on_bytes, known_hosts))
 
 

@@ -13,9 +13,13 @@ import logging
 import os
 import secrets
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+
+from dits.net.local_server import remote_cli
+from tests.remote.helpers import Server, start_server, stop_server
 
 AWS_ENV = {
     "AWS_ACCESS_KEY_ID": "testing",
@@ -102,3 +106,17 @@ def fast_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
     from botocore.retries.standard import ExponentialBackoff
 
     monkeypatch.setattr(ExponentialBackoff, "delay_amount", lambda self, context: 0.001)
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Server]:
+    root = tmp_path / "srv"
+    remote_cli("init", "--root", str(root), "proj")
+    remote_cli("init", "--root", str(root), "other")
+    write = remote_cli("token", "create", "--root", str(root), "--repo", "proj", "--write")
+    read = remote_cli("token", "create", "--root", str(root), "--repo", "proj", "--read")
+    other = remote_cli("token", "create", "--root", str(root), "--repo", "other", "--write")
+    proc, port = start_server(root)
+    running = Server(root, port, proc, write, read, other)
+    yield running
+    stop_server(running.proc)  # tests that restart the server replace .proc

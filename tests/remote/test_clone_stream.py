@@ -30,9 +30,8 @@ from dits.protocol import (
 from dits.repository import Repository
 from dits.store.packs import PackBlobStore
 from tests.conftest import DitsRunner, random_bytes
+from tests.remote.helpers import REPO_ROOT, Server, make_repo, tree_digest
 from tests.remote.test_rogue_server import RogueServer
-from tests.remote.test_server import REPO_ROOT, Server, make_repo, tree_digest
-from tests.remote.test_server import server as server  # the fixture, re-exported
 
 BLOCK = random_bytes(2_000_000, 40)  # long enough that its inner chunks repeat wherever it goes
 

@@ -9,8 +9,6 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +16,7 @@ import pytest
 
 from dits.core.ids import ObjectId, hash_bytes
 from dits.net.client import open_session
-from dits.net.local_server import LocalServer, remote_cli
+from dits.net.local_server import remote_cli
 from dits.protocol import (
     BlobKind,
     Encoding,
@@ -32,86 +30,17 @@ from dits.protocol import (
 )
 from dits.remotes import RemoteSpec, parse_url
 from tests.conftest import DitsRunner, random_bytes
-from tests.remote.helpers import hostile_tree
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-@dataclass
-class Server:
-    root: Path
-    port: int
-    proc: LocalServer
-    write_token: str
-    read_token: str
-    other_token: str
-
-    def url(self, repo: str = "proj") -> str:
-        return f"dits://127.0.0.1:{self.port}/{repo}"
-
-    def spec(self, token: str, repo: str = "proj", transport: str = "auto") -> RemoteSpec:
-        return RemoteSpec("origin", parse_url(self.url(repo)), token, transport)
-
-
-def new_root(root: Path, repo: str = "proj") -> str:
-    """A server root with repository ``repo``; returns a write token for it."""
-    remote_cli("init", "--root", str(root), repo)
-    return remote_cli("token", "create", "--root", str(root), "--repo", repo, "--write")
-
-
-def start_server(root: Path, *extra: str) -> tuple[LocalServer, int]:
-    listen = "127.0.0.1:0"
-    if "--listen" in extra:
-        i = extra.index("--listen")
-        listen, extra = extra[i + 1], extra[:i] + extra[i + 2 :]
-    server = LocalServer(root, *extra)
-    return server, server.start(listen)
-
-
-def stop_server(server: LocalServer) -> None:
-    server.stop(15)
-
-
-def server_fsck(root: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "remote.cli", "fsck", "--root", str(root), *extra, "--json"],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
-        check=False,
-    )
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[Server]:
-    root = tmp_path / "srv"
-    remote_cli("init", "--root", str(root), "proj")
-    remote_cli("init", "--root", str(root), "other")
-    write = remote_cli("token", "create", "--root", str(root), "--repo", "proj", "--write")
-    read = remote_cli("token", "create", "--root", str(root), "--repo", "proj", "--read")
-    other = remote_cli("token", "create", "--root", str(root), "--repo", "other", "--write")
-    proc, port = start_server(root)
-    running = Server(root, port, proc, write, read, other)
-    yield running
-    stop_server(running.proc)  # tests that restart the server replace .proc
-
-
-def make_repo(dits: DitsRunner, files: dict[str, bytes]) -> None:
-    assert dits("init")[0] == 0
-    for name, data in files.items():
-        path = dits.cwd / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
-    assert dits("add", ".")[0] == 0
-    assert dits("commit", "-m", "first")[0] == 0
-
-
-def tree_digest(root: Path) -> dict[str, str]:
-    return {
-        str(p.relative_to(root)): hash_bytes(p.read_bytes()).hex()
-        for p in sorted(root.rglob("*"))
-        if p.is_file() and ".dits" not in p.parts
-    }
+from tests.remote.helpers import (
+    REPO_ROOT,
+    Server,
+    hostile_tree,
+    make_repo,
+    new_root,
+    server_fsck,
+    start_server,
+    stop_server,
+    tree_digest,
+)
 
 
 @pytest.mark.parametrize("transport", ["quic", "tcp"])
