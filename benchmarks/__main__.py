@@ -15,6 +15,7 @@ BENCHMARKS: dict[str, str] = {
     "transport": "benchmarks.transport_bench",
     "s3": "benchmarks.s3_bench",
     "lossy": "benchmarks.lossy_bench",
+    "server-kill": "benchmarks.server_kill_bench",
 }
 """Benchmark name -> module path; the module defines ``main(argv: list[str] | None) -> int``."""
 

@@ -15,6 +15,7 @@ __all__ = [
     "EXIT_INTERNAL",
     "EXIT_IO",
     "EXIT_LOCKED",
+    "EXIT_NETWORK",
     "EXIT_NOT_A_REPO",
     "EXIT_USAGE",
     "ConflictError",
@@ -37,6 +38,7 @@ EXIT_LOCKED = 6  # another writer holds the repository lock
 EXIT_IO = 7  # disk full, unreadable file, permission denied
 EXIT_HOOK = 8  # a hook refused the operation
 EXIT_CERT_CHANGED = 9  # a remote's certificate is not the pinned one
+EXIT_NETWORK = 10  # the remote could not be reached or the connection broke; retry
 EXIT_INTERNAL = 70  # a bug: traceback printed, please report
 
 

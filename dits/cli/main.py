@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import importlib
 import os
@@ -13,7 +14,7 @@ import click
 
 from dits import __version__
 from dits.cli._common import Ctx
-from dits.errors import EXIT_INTERNAL, EXIT_IO, DitsError
+from dits.errors import EXIT_INTERNAL, EXIT_IO, EXIT_NETWORK, DitsError
 
 EXIT_CODES_HELP = """\b
 Exit codes: 0 ok, 1 error, 2 usage, 3 not a repository, 4 conflict,
@@ -98,6 +99,16 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         click.echo("dits: interrupted", err=True)
         return 130
+    except (ConnectionError, asyncio.IncompleteReadError) as exc:
+        if debug:
+            traceback.print_exc()
+        what = str(exc) or type(exc).__name__
+        click.echo(
+            f"dits: error: the connection to the remote broke ({what}); run the command again: "
+            "an interrupted push, fetch or clone resumes where it stopped",
+            err=True,
+        )
+        return EXIT_NETWORK
     except OSError as exc:
         if debug:
             traceback.print_exc()

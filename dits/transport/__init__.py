@@ -45,7 +45,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from dits.errors import EXIT_ERROR, DitsError, UsageError
+from dits.errors import EXIT_NETWORK, DitsError, UsageError
 
 __all__ = [
     "ALPN",
@@ -78,7 +78,7 @@ _conn_ids = itertools.count(1)
 class TransportError(DitsError):
     """The network path to the remote failed; retrying later may work."""
 
-    exit_code = EXIT_ERROR
+    exit_code = EXIT_NETWORK
     transient = True
 
 

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from dits.core.ids import ObjectId, hash_bytes
+from dits.errors import EXIT_NETWORK
 from dits.net.client import open_session
 from dits.net.local_server import remote_cli
 from dits.protocol import (
@@ -382,11 +383,18 @@ def test_push_survives_a_killed_client_and_a_killed_server(server: Server, tmp_p
         cwd=work,
         env=env,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     time.sleep(0.8)
     server.proc.kill()
-    client.wait(60)
+    _, err = client.communicate(timeout=60)
+    if client.returncode != 0:  # the usual case: the server died under the push
+        assert client.returncode == EXIT_NETWORK, err
+        assert err.count("\n") == 1 and "Traceback" not in err and "run the command again" in err
+    # With nothing listening, a push fails the same way, in one line.
+    code, _, err = dits("push")
+    assert code == EXIT_NETWORK and err.count("\n") == 1, err
     server.proc, _ = start_server(server.root, "--listen", f"127.0.0.1:{server.port}")
     code, out, err = dits("push", "--json")
     assert code == 0, err
