@@ -431,13 +431,33 @@ def _protocol_class(lib: _Lib) -> Any:
                         log.exception("on_connection callback failed")
             elif isinstance(event, ev.ConnectionTerminated):
                 reason = event.reason_phrase or f"error code {event.error_code:#x}"
-                self.terminated = ConnectionResetError(f"QUIC connection closed: {reason}")
-                for reader in self._stream_readers.values():
-                    reader.set_exception(self.terminated)  # a cut stream is not a clean EOF
-                self._stream_readers.clear()
-                for writer in list(self.blocked):
-                    writer.wake(self.terminated)
-                self.blocked.clear()
+                self._terminate(ConnectionResetError(f"QUIC connection closed: {reason}"))
+
+        def error_received(self, exc: Exception) -> None:
+            # The client's socket is connected to the server, so an ICMP "port unreachable"
+            # arrives here as ECONNREFUSED: nothing listens there any more (the server died or
+            # never ran). End the connection now rather than after the idle timeout; during
+            # the handshake this lets `auto` fall back to TLS/TCP at once.
+            if not isinstance(exc, ConnectionRefusedError) or self.terminated is not None:
+                return
+            gone = ConnectionRefusedError("the server's QUIC port is closed (port unreachable)")
+            waiter = getattr(self, "_connected_waiter", None)
+            if waiter is not None and not waiter.done():
+                waiter.set_exception(gone)
+            self._terminate(gone)
+            try:
+                self._quic.close(_CONNECTION_REFUSED, None, "peer unreachable")
+            except Exception as close_exc:  # already closing: nothing more to do
+                log.debug("closing an unreachable QUIC connection: %s", close_exc)
+
+        def _terminate(self, exc: ConnectionError) -> None:
+            self.terminated = exc
+            for reader in self._stream_readers.values():
+                reader.set_exception(exc)  # a cut stream is not a clean EOF
+            self._stream_readers.clear()
+            for writer in list(self.blocked):
+                writer.wake(exc)
+            self.blocked.clear()
 
     return DitsQuicProtocol
 
@@ -563,12 +583,16 @@ async def connect(
         writer.abort()  # servers do not open streams in dits/1
 
     cls = _protocol_class(lib)
+    sock: socket.socket | None = None
     try:
         sock = _udp_socket("::" if family == socket.AF_INET6 else "0.0.0.0", 0)
+        sock.connect(addr)  # so ICMP errors reach error_received (see there)
         transport, protocol = await lib.datagram_endpoint(
             lambda: cls(quic, info=info, on_stream=refuse_push), sock
         )
     except OSError as exc:
+        if sock is not None:
+            sock.close()
         raise ConnectError(f"cannot open a UDP socket for QUIC: {exc}") from exc
     try:
         protocol.connect(addr)

@@ -593,3 +593,33 @@ def test_fetch_updates_remote_tracking_branches_and_logs_name_the_token(
     token_id = server.write_token.split("_")[1]
     assert re.search(rf"\[\d+\] INFO dits.remote: \d+\.\d+ hello repo=proj token={token_id} ", log)
     assert re.search(r"\d+\.\d+ update-refs repo=proj refs/heads/main promoted=\d+", log)
+
+
+def test_a_dead_server_is_noticed_at_once_over_quic(server: Server) -> None:
+    """kill -9 leaves no CONNECTION_CLOSE; the port-unreachable answer must end the session
+    well before QUIC's 60 s idle timeout, and a QUIC connect to it must fail just as fast."""
+
+    async def scenario() -> float:
+        session = await open_session(server.spec(server.read_token, transport="quic"))
+        try:
+            assert session.transport == "quic"
+            (pong,) = await session.request([Ping(b"alive???")])
+            assert isinstance(pong, Pong)
+            server.proc.kill()
+            started = time.monotonic()
+            with pytest.raises(ConnectionError):
+                for _ in range(50):  # the first request may go out before the ICMP is back
+                    await session.request([Ping(b"anyone??")])
+                    await asyncio.sleep(0.1)
+            return time.monotonic() - started
+        finally:
+            await session.close()
+
+    assert asyncio.run(scenario()) < 5
+    started = time.monotonic()
+    code, _, err = DitsRunner(server.root)(
+        "clone", server.url(), str(server.root / "c"), "--transport", "quic"
+    )
+    assert code == EXIT_NETWORK and "port unreachable" in err
+    assert time.monotonic() - started < 5
+    server.proc, _ = start_server(server.root, "--listen", f"127.0.0.1:{server.port}")
