@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,7 +30,7 @@ from dits.core.codec import decode_object, object_id
 from dits.core.ids import ObjectId, short_id
 from dits.core.index import IndexEntry
 from dits.core.objects import Commit, Manifest, Object, Tree
-from dits.errors import ConflictError, CorruptObjectError, UsageError
+from dits.errors import ConflictError, CorruptObjectError, DitsError, UsageError
 from dits.hooks import run_hook
 from dits.net.client import RemoteSession, open_session
 from dits.ops.clone import stream_checkout
@@ -531,6 +532,7 @@ def clone(
     resuming = (target / ".dits").is_dir()
     if target.exists() and any(target.iterdir()) and not resuming:
         raise UsageError(f"{target} exists and is not empty")
+    created = not target.exists()
     target.mkdir(parents=True, exist_ok=True)
     repo = Repository.open(target) if resuming else Repository.init(target)
     try:
@@ -559,7 +561,15 @@ def clone(
             result = asyncio.run(_clone(repo, spec, on_total, on_bytes, on_checkout, known_hosts))
         repo.config.unset(_CLONE_INCOMPLETE)
     except BaseException:
+        # A clone that stored nothing (the server could not be reached, a bad token) leaves
+        # nothing behind, as git does; one that got data keeps it so running it again resumes.
+        try:
+            empty = not resuming and not (repo.chunks.stats().count or repo.objects.stats().count)
+        except DitsError:
+            empty = False
         repo.close()
+        if empty:
+            shutil.rmtree(target if created else target / ".dits", ignore_errors=True)
         raise
     return repo, result
 

@@ -107,10 +107,7 @@ def test_clone_refuses_a_hostile_tree(rogue: RogueServer, tmp_path: Path) -> Non
     assert code == 5, err
     assert "invalid object" in err
     assert sentinel.read_text() == "untouched"
-    made = sorted(p.name for p in target.iterdir())
-    assert made == [".dits"]  # nothing checked out, nothing outside
-    from dits.repository import Repository
-
-    with Repository.open(target) as repo:
-        assert repo.refs.list_refs() == {}  # no ref points at the hostile commit
-        assert list(repo.objects.iter_ids()) == []
+    # Nothing was stored (the hostile object is refused before anything is), so the clone
+    # removed the folder it had made: nothing checked out, nothing outside.
+    assert not target.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cert.pem", "key.pem", "outside.txt"]

@@ -622,4 +622,5 @@ def test_a_dead_server_is_noticed_at_once_over_quic(server: Server) -> None:
     )
     assert code == EXIT_NETWORK and "port unreachable" in err
     assert time.monotonic() - started < 5
+    assert not (server.root / "c").exists()  # a clone that got nothing leaves nothing
     server.proc, _ = start_server(server.root, "--listen", f"127.0.0.1:{server.port}")
