@@ -540,17 +540,20 @@ class PackBlobStore:
         if self._direct is not None:
             try:
                 direct_fd = os.open(self._dir / _pack_name(number), os.O_WRONLY | os.O_DIRECT)
-            except OSError as exc:
-                if exc.errno != errno.EINVAL:
-                    raise
-                self._direct.close()  # tmpfs and some others refuse O_DIRECT: use the cache
-                self._direct = None
-            else:
                 try:
                     self._direct.write(fd, direct_fd, buffers, start)
                 finally:
                     os.close(direct_fd)
                 return
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:
+                    raise
+                # Some file systems refuse O_DIRECT at open, others only at the first write
+                # (another alignment): use the page cache from now on. Whatever the failed
+                # write left past ``start`` is overwritten below or cut by the next append.
+                # The buffer is left to the garbage collector: the exception's traceback may
+                # still hold views of it.
+                self._direct = None
         _pwrite_all(fd, buffers, start)
 
     def _commit_index(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import fcntl
 import multiprocessing
 import os
 import threading
@@ -293,5 +294,25 @@ def test_a_file_system_without_direct_io_falls_back_to_the_page_cache(
     store.put_many(items)
     store.put_many(chunks(1, 10 * KIB, seed=34))
     assert store._direct is None  # fell back once, for good
+    assert [store.get(oid) for oid, _ in items] == [data for _, data in items]
+    store.close()
+
+
+def test_a_file_system_refusing_direct_writes_falls_back_mid_append(
+    env: LmdbEnvironment, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_pwrite = os.pwrite
+
+    def picky(fd: int, data: Any, offset: int) -> int:
+        if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT:
+            raise OSError(errno.EINVAL, "Invalid argument")  # e.g. a 64 KiB alignment rule
+        return real_pwrite(fd, data, offset)
+
+    monkeypatch.setattr(os, "pwrite", picky)
+    store = open_store(env, direct=True)
+    items = chunks(3, 10 * KIB, seed=35)
+    store.put_many(items)
+    assert store._direct is None  # gave up on direct I/O, kept the data
+    store.put_many(chunks(1, 10 * KIB, seed=36))
     assert [store.get(oid) for oid, _ in items] == [data for _, data in items]
     store.close()
