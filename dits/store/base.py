@@ -29,10 +29,20 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from dits.core.ids import ObjectId
+from dits.core.compression import decode_stored
+from dits.core.ids import ObjectId, hash_bytes, short_id
 from dits.core.index import IndexEntry
+from dits.errors import CorruptObjectError
 
-__all__ = ["BlobStats", "BlobStore", "IndexStore", "RefStore", "RefUpdate"]
+__all__ = [
+    "BlobStats",
+    "BlobStore",
+    "IndexStore",
+    "RefStore",
+    "RefUpdate",
+    "decode_verified",
+    "ref_conflict_message",
+]
 
 
 @dataclass(frozen=True)
@@ -148,3 +158,32 @@ class IndexStore(Protocol):
     def replace_all(self, entries: Mapping[str, IndexEntry]) -> None:
         """Atomically replace the whole index with ``entries`` (used by checkout)."""
         ...
+
+
+def decode_verified(kind: str, oid: ObjectId, at_rest: bytes | memoryview, max_size: int) -> bytes:
+    """The plain bytes of a stored value, checked against its id (every store's ``get``).
+
+    Raises:
+        CorruptObjectError: the value does not decode within ``max_size`` or hashes to
+            another id; the message names ``kind`` and the id.
+    """
+    try:
+        plain = decode_stored(at_rest, max_size=max_size)
+    except ValueError as exc:
+        raise CorruptObjectError(f"{kind} {short_id(oid)} is corrupt: {exc}") from None
+    actual = hash_bytes(plain)
+    if actual != oid:
+        raise CorruptObjectError(
+            f"{kind} {short_id(oid)} is corrupt: its bytes hash to {short_id(actual)}"
+        )
+    return plain
+
+
+def ref_conflict_message(update: RefUpdate, current: ObjectId | None) -> str:
+    """Why a compare-and-swap of ``update`` failed, ``current`` being the ref's value."""
+    if update.expected_old is None:
+        assert current is not None
+        return f"ref {update.name} already exists (at {short_id(current)})"
+    if current is None:
+        return f"ref {update.name} does not exist (expected {short_id(update.expected_old)})"
+    return f"ref {update.name} is at {short_id(current)}, expected {short_id(update.expected_old)}"

@@ -60,11 +60,10 @@ import lmdb
 
 from dits.core.compression import (
     compress_if_worthwhile,
-    decode_stored,
     stored_plain_size,
     write_raw_stored,
 )
-from dits.core.ids import ID_LEN, ObjectId, hash_bytes, short_id
+from dits.core.ids import ID_LEN, ObjectId, short_id
 from dits.core.index import IndexEntry, decode_index_entry, encode_index_entry
 from dits.errors import (
     EXIT_IO,
@@ -74,7 +73,7 @@ from dits.errors import (
     ObjectNotFoundError,
     StorageFullError,
 )
-from dits.store.base import BlobStats, RefUpdate
+from dits.store.base import BlobStats, RefUpdate, decode_verified, ref_conflict_message
 
 __all__ = [
     "DB_CHUNKS",
@@ -745,21 +744,11 @@ class LmdbBlobStore:
 
         def body(txn: lmdb.Transaction[memoryview]) -> bytes | None:
             raw = txn.get(oid, db=db)
-            if raw is None:
-                return None
-            try:
-                return decode_stored(raw, max_size=limit)
-            except ValueError as exc:
-                raise CorruptObjectError(f"{kind} {short_id(oid)} is corrupt: {exc}") from None
+            return None if raw is None else decode_verified(kind, oid, raw, limit)
 
         plain = self._env.read(body)
         if plain is None:
             raise ObjectNotFoundError(f"{kind} {short_id(oid)} not found")
-        actual = hash_bytes(plain)
-        if actual != oid:
-            raise CorruptObjectError(
-                f"{kind} {short_id(oid)} is corrupt: its bytes hash to {short_id(actual)}"
-            )
         return plain
 
     def delete_many(self, ids: Iterable[ObjectId]) -> int:
@@ -912,7 +901,7 @@ class LmdbRefStore:
             for update, key in batch:
                 current = _ref_value(update.name, txn.get(key, db=db))
                 if current != update.expected_old:
-                    raise ConflictError(_conflict_message(update, current))
+                    raise ConflictError(ref_conflict_message(update, current))
             for update, key in batch:
                 if update.new is None:
                     txn.delete(key, db=db)
@@ -969,15 +958,6 @@ def _check_updates(updates: Iterable[RefUpdate]) -> list[tuple[RefUpdate, bytes]
                 _check_id(oid)
         batch.append((update, _ref_key(update.name)))
     return batch
-
-
-def _conflict_message(update: RefUpdate, current: ObjectId | None) -> str:
-    if update.expected_old is None:
-        assert current is not None
-        return f"ref {update.name} already exists (at {short_id(current)})"
-    if current is None:
-        return f"ref {update.name} does not exist (expected {short_id(update.expected_old)})"
-    return f"ref {update.name} is at {short_id(current)}, expected {short_id(update.expected_old)}"
 
 
 def _path_key(path: str) -> bytes:

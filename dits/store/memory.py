@@ -12,11 +12,11 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable, Iterator, Mapping
 
-from dits.core.compression import decode_stored, encode_stored, stored_plain_size
-from dits.core.ids import ID_LEN, ObjectId, hash_bytes, short_id
+from dits.core.compression import encode_stored, stored_plain_size
+from dits.core.ids import ID_LEN, ObjectId, short_id
 from dits.core.index import IndexEntry
-from dits.errors import ConflictError, CorruptObjectError, ObjectNotFoundError
-from dits.store.base import BlobStats, RefUpdate
+from dits.errors import ConflictError, ObjectNotFoundError
+from dits.store.base import BlobStats, RefUpdate, decode_verified, ref_conflict_message
 
 __all__ = ["MemoryBlobStore", "MemoryIndexStore", "MemoryRefStore"]
 
@@ -90,16 +90,7 @@ class MemoryBlobStore:
             at_rest = self._values.get(oid)
         if at_rest is None:
             raise ObjectNotFoundError(f"{self._kind} {short_id(oid)} not found")
-        try:
-            plain = decode_stored(at_rest, max_size=self._max_value_size)
-        except ValueError as exc:
-            raise CorruptObjectError(f"{self._kind} {short_id(oid)} is corrupt: {exc}") from None
-        actual = hash_bytes(plain)
-        if actual != oid:
-            raise CorruptObjectError(
-                f"{self._kind} {short_id(oid)} is corrupt: its bytes hash to {short_id(actual)}"
-            )
-        return plain
+        return decode_verified(self._kind, oid, at_rest, self._max_value_size)
 
     def delete_many(self, ids: Iterable[ObjectId]) -> int:
         """See ``BlobStore.delete_many``."""
@@ -202,7 +193,7 @@ class MemoryRefStore:
             for update in batch:
                 current = self._refs.get(update.name)
                 if current != update.expected_old:
-                    raise ConflictError(_conflict_message(update, current))
+                    raise ConflictError(ref_conflict_message(update, current))
             for update in batch:
                 if update.new is None:
                     self._refs.pop(update.name, None)
@@ -219,15 +210,6 @@ class MemoryRefStore:
         _check_ref_name(ref_name)
         with self._lock:
             self._head = ref_name
-
-
-def _conflict_message(update: RefUpdate, current: ObjectId | None) -> str:
-    if update.expected_old is None:
-        assert current is not None
-        return f"ref {update.name} already exists (at {short_id(current)})"
-    if current is None:
-        return f"ref {update.name} does not exist (expected {short_id(update.expected_old)})"
-    return f"ref {update.name} is at {short_id(current)}, expected {short_id(update.expected_old)}"
 
 
 def _check_path(path: str) -> None:

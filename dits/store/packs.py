@@ -50,10 +50,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from dits.core.compression import compress_if_worthwhile, decode_stored
-from dits.core.ids import ID_LEN, ObjectId, hash_bytes, short_id
+from dits.core.compression import compress_if_worthwhile
+from dits.core.ids import ID_LEN, ObjectId, short_id
 from dits.errors import CorruptObjectError, ObjectNotFoundError, StorageFullError
-from dits.store.base import BlobStats
+from dits.store.base import BlobStats, decode_verified
 from dits.store.lmdb import (
     DB_CHUNKS,
     DB_META,
@@ -680,18 +680,8 @@ class PackBlobStore:
                 f"chunk {short_id(oid)} is corrupt: pack {where.path.name} holds another record "
                 f"at offset {where.record_offset}"
             )
-        try:
-            plain = decode_stored(
-                memoryview(record)[_RECORD_HEADER.size :], max_size=self._max_value_size
-            )
-        except ValueError as exc:
-            raise CorruptObjectError(f"chunk {short_id(oid)} is corrupt: {exc}") from None
-        actual = hash_bytes(plain)
-        if actual != oid:
-            raise CorruptObjectError(
-                f"chunk {short_id(oid)} is corrupt: its bytes hash to {short_id(actual)}"
-            )
-        return plain
+        at_rest = memoryview(record)[_RECORD_HEADER.size :]
+        return decode_verified("chunk", oid, at_rest, self._max_value_size)
 
 
 def _read_pack_meta(txn: Any, meta: Any, number: int) -> tuple[int, int]:
