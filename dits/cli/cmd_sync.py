@@ -10,18 +10,21 @@ import click
 
 from dits.cli._common import Ctx, emit_json, human_bytes, open_repo, pass_ctx, progress, say
 from dits.errors import ConflictError, UsageError
+from dits.remotes import TRANSPORTS
+
+_transport_option = click.option(
+    "--transport",
+    type=click.Choice(TRANSPORTS),
+    default=None,
+    help="Override the remote's transport (auto, quic, tcp) for this command.",
+)
 
 
 @click.command("push")
 @click.argument("remote", required=False)
 @click.argument("branch", required=False)
 @click.option("-f", "--force", is_flag=True, help="Allow a move that drops the server's commits.")
-@click.option(
-    "--transport",
-    type=click.Choice(["auto", "quic", "tcp"]),
-    default=None,
-    help="Override the remote's transport.",
-)
+@_transport_option
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON report.")
 @pass_ctx
 def push_cmd(
@@ -64,12 +67,7 @@ def push_cmd(
 
 @click.command("fetch")
 @click.argument("remote", required=False)
-@click.option(
-    "--transport",
-    type=click.Choice(["auto", "quic", "tcp"]),
-    default=None,
-    help="Override the remote's transport.",
-)
+@_transport_option
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON report.")
 @pass_ctx
 def fetch_cmd(ctx: Ctx, remote: str | None, transport: str | None, as_json: bool) -> None:
@@ -92,12 +90,7 @@ def fetch_cmd(ctx: Ctx, remote: str | None, transport: str | None, as_json: bool
 
 @click.command("pull")
 @click.argument("remote", required=False)
-@click.option(
-    "--transport",
-    type=click.Choice(["auto", "quic", "tcp"]),
-    default=None,
-    help="Override the remote's transport.",
-)
+@_transport_option
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON report.")
 @pass_ctx
 def pull_cmd(ctx: Ctx, remote: str | None, transport: str | None, as_json: bool) -> None:
@@ -146,7 +139,7 @@ def pull_cmd(ctx: Ctx, remote: str | None, transport: str | None, as_json: bool)
 @click.argument("url")
 @click.argument("directory", type=click.Path(path_type=Path, file_okay=False), required=False)
 @click.option("--token", default=None, help="Bearer token (else DITS_TOKEN).")
-@click.option("--transport", type=click.Choice(["auto", "quic", "tcp"]), default=None)
+@_transport_option
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON report.")
 @pass_ctx
 def clone_cmd(

@@ -354,7 +354,12 @@ async def _fetch(
     on_total: Progress | None,
     on_bytes: Progress | None,
     known_hosts: KnownHosts | None,
+    *,
+    check_out: bool = False,
+    on_checkout: Progress | None = None,
 ) -> FetchResult:
+    """Fetch every branch; with ``check_out`` (clone) also write the server's HEAD branch into
+    the working tree as its chunks arrive (`dits.ops.clone`), then make it the local branch."""
     started = time.perf_counter()
     result = FetchResult(spec.name)
     session = await open_session(spec, known_hosts=known_hosts)
@@ -363,21 +368,38 @@ async def _fetch(
         refs = await session.list_refs(HEADS)
         result.head = refs.head
         tips = refs.as_dict()
+        tip = tips.get(refs.head) if check_out else None
+        branch = refs.head[len(HEADS) :] if tip is not None else ""
+        if branch and repo.refs.get_ref(HEADS + branch) not in (None, tip):
+            raise ConflictError(f"local branch {branch} differs from origin; not checking out")
         objects, chunks = await _fetch_objects(repo, session, list(tips.values()))
         result.objects_received = len(objects)
         local = repo.chunks.has_many([c for c, _ in chunks])
-        missing = [(c, size) for c, size in chunks if c not in local]
+        missing = {c: size for c, size in chunks if c not in local}
         if on_total is not None:
-            on_total(sum(size for _, size in missing))
-        result.chunks_received = await _fetch_chunks(
-            repo, session, [c for c, _ in missing], on_bytes
-        )
+            on_total(sum(missing.values()))
+        index: dict[str, IndexEntry] = {}
+        if tip is not None:
+            streamed = await stream_checkout(
+                repo, session, tip, objects, missing, on_plan=on_checkout, on_bytes=on_bytes
+            )
+            index = streamed.index
+            result.chunks_received = len(streamed.fetched)
+            for oid in streamed.fetched:
+                del missing[oid]
+        # What a checked-out tip does not use: history, other branches; or all, for a fetch.
+        result.chunks_received += await _fetch_chunks(repo, session, list(missing), on_bytes)
         # Objects after the chunks they reach, refs last (see the module docstring).
         for i in range(0, len(objects), 4096):
             repo.objects.put_many(objects[i : i + 4096])
         updates = _tracking_updates(repo, spec, tips, result)
+        if tip is not None and repo.refs.get_ref(HEADS + branch) is None:
+            updates.append(RefUpdate(HEADS + branch, tip, None))
         if updates:
             repo.refs.update_refs(updates)
+        if tip is not None:
+            repo.index.replace_all(index)
+            repo.refs.set_head(HEADS + branch)
         result.bytes_received = session.bytes_received
         return result
     finally:
@@ -558,7 +580,17 @@ def clone(
         repo.config.set(_CLONE_INCOMPLETE, True)
         spec = get_remote(repo.config, "origin")
         with repo.write_lock("dits clone"):
-            result = asyncio.run(_clone(repo, spec, on_total, on_bytes, on_checkout, known_hosts))
+            result = asyncio.run(
+                _fetch(
+                    repo,
+                    spec,
+                    on_total,
+                    on_bytes,
+                    known_hosts,
+                    check_out=True,
+                    on_checkout=on_checkout,
+                )
+            )
         repo.config.unset(_CLONE_INCOMPLETE)
     except BaseException:
         # A clone that stored nothing (the server could not be reached, a bad token) leaves
@@ -572,58 +604,3 @@ def clone(
             shutil.rmtree(target if created else target / ".dits", ignore_errors=True)
         raise
     return repo, result
-
-
-async def _clone(
-    repo: Repository,
-    spec: RemoteSpec,
-    on_total: Progress | None,
-    on_bytes: Progress | None,
-    on_checkout: Progress | None,
-    known_hosts: KnownHosts | None,
-) -> FetchResult:
-    started = time.perf_counter()
-    result = FetchResult(spec.name)
-    session = await open_session(spec, known_hosts=known_hosts)
-    try:
-        result.transport = session.transport
-        refs = await session.list_refs(HEADS)
-        result.head = refs.head
-        tips = refs.as_dict()
-        tip = tips.get(refs.head)
-        branch = refs.head[len(HEADS) :] if tip is not None else ""
-        if branch and repo.refs.get_ref(HEADS + branch) not in (None, tip):
-            raise ConflictError(f"local branch {branch} differs from origin; not checking out")
-        objects, chunks = await _fetch_objects(repo, session, list(tips.values()))
-        result.objects_received = len(objects)
-        local = repo.chunks.has_many([c for c, _ in chunks])
-        missing = {c: size for c, size in chunks if c not in local}
-        if on_total is not None:
-            on_total(sum(missing.values()))
-        index: dict[str, IndexEntry] = {}
-        if tip is not None:
-            streamed = await stream_checkout(
-                repo, session, tip, objects, missing, on_plan=on_checkout, on_bytes=on_bytes
-            )
-            index = streamed.index
-            result.chunks_received = len(streamed.fetched)
-            for oid in streamed.fetched:
-                del missing[oid]
-        # What the checked-out tip does not use: history, other branches.
-        result.chunks_received += await _fetch_chunks(repo, session, list(missing), on_bytes)
-        # Objects after the chunks they reach, refs last (see the module docstring).
-        for i in range(0, len(objects), 4096):
-            repo.objects.put_many(objects[i : i + 4096])
-        updates = _tracking_updates(repo, spec, tips, result)
-        if tip is not None and repo.refs.get_ref(HEADS + branch) is None:
-            updates.append(RefUpdate(HEADS + branch, tip, None))
-        if updates:
-            repo.refs.update_refs(updates)
-        if tip is not None:
-            repo.index.replace_all(index)
-            repo.refs.set_head(HEADS + branch)
-        result.bytes_received = session.bytes_received
-        return result
-    finally:
-        result.seconds = time.perf_counter() - started
-        await session.close()
