@@ -336,7 +336,7 @@ class RemoteService:
         placed: dict[tuple[BlobKind, ObjectId], BlobLocation] = {}
         with self.index.read() as txn:
             todo = [item for item in walk.temp_items if self.index.location(txn, *item) is None]
-        todo = self._link_sealed_temp_packs(todo, placed, report)
+        todo = self._link_final_temp_packs(todo, placed, report)
         if not self._pack_buffers:
             size = PACK_SIZE + self.limits.max_chunk_size + _RECORD_HEAD
             self._pack_buffers = [bytearray(size), bytearray(size)]
@@ -358,7 +358,7 @@ class RemoteService:
             self.temp.delete_many([oid for _, oid in report.released])
         return report
 
-    def _link_sealed_temp_packs(
+    def _link_final_temp_packs(
         self,
         todo: list[tuple[BlobKind, ObjectId]],
         placed: dict[tuple[BlobKind, ObjectId], BlobLocation],
