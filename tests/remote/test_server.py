@@ -595,6 +595,31 @@ def test_fetch_updates_remote_tracking_branches_and_logs_name_the_token(
     assert re.search(r"\d+\.\d+ update-refs repo=proj refs/heads/main promoted=\d+", log)
 
 
+def test_transport_flag_overrides_the_remote_for_push_fetch_and_pull(
+    server: Server, tmp_path: Path
+) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    da = DitsRunner(a)
+    make_repo(da, {"one.txt": b"1"})
+    da("remote", "add", "origin", server.url(), "--token", server.write_token)
+    da("config", "remote.origin.transport", "quic")
+    code, out, err = da("push", "--transport", "tcp", "--json")
+    assert code == 0 and json.loads(out)["transport"] == "tcp", err
+    db = DitsRunner(b)
+    args = ("clone", server.url(), str(b), "--token", server.read_token, "--transport", "quic")
+    assert DitsRunner(tmp_path)(*args)[0] == 0
+    (a / "two.txt").write_text("2")
+    da("add", ".")
+    da("commit", "-m", "two")
+    assert da("push", "--json")[0] == 0
+    code, out, err = db("fetch", "--transport", "tcp", "--json")
+    assert code == 0 and json.loads(out)["transport"] == "tcp", err
+    code, out, err = db("pull", "--transport", "tcp", "--json")
+    assert code == 0 and json.loads(out)["fetch"]["transport"] == "tcp", err
+    assert (b / "two.txt").read_text() == "2"
+
+
 def test_a_dead_server_is_noticed_at_once_over_quic(server: Server) -> None:
     """kill -9 leaves no CONNECTION_CLOSE; the port-unreachable answer must end the session
     well before QUIC's 60 s idle timeout, and a QUIC connect to it must fail just as fast."""
