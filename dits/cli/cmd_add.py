@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
 import click
 
 from dits.cli._common import Ctx, emit_json, human_bytes, open_repo, pass_ctx, progress, say
 from dits.errors import EXIT_IO, DitsError
-from dits.ops.add import add_paths
+from dits.ops.add import KnownManifest, add_paths
 from dits.ops.paths import move, remove
 
 
@@ -16,16 +20,34 @@ class PartialAddError(DitsError):
     exit_code = EXIT_IO
 
 
+@contextlib.contextmanager
+def _agent_manifests(dits_dir: Path) -> Iterator[KnownManifest | None]:
+    """The speculative agent's manifests, when it has ever run in this repository."""
+    from dits.speculative.control import AgentPaths
+
+    paths = AgentPaths(dits_dir)
+    if not paths.cache.exists():
+        yield None
+        return
+    from dits.store.speculative import SpeculativeCache
+
+    cache = SpeculativeCache(paths.cache)
+    try:
+        yield cache.manifest_for
+    finally:
+        cache.close()
+
+
 @click.command("add")
 @click.argument("paths", nargs=-1, required=True)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON report.")
 @pass_ctx
 def add_cmd(ctx: Ctx, paths: tuple[str, ...], as_json: bool) -> None:
     """Stage files (recursively) for the next commit."""
-    with open_repo(ctx) as repo:
+    with open_repo(ctx) as repo, _agent_manifests(repo.dits_dir) as known:
         specs = [repo.worktree.repo_path(p, ctx.cwd) for p in paths]
         with progress(ctx, "adding", json_mode=as_json) as (set_total, advance):
-            result = add_paths(repo, specs, on_plan=set_total, on_bytes=advance)
+            result = add_paths(repo, specs, on_plan=set_total, on_bytes=advance, known=known)
         if as_json:
             emit_json(result.to_json())
         else:
@@ -39,6 +61,8 @@ def add_cmd(ctx: Ctx, paths: tuple[str, ...], as_json: bool) -> None:
                 f"{len(result.modified)} modified, {len(result.removed)} removed; "
                 f"{result.unchanged} unchanged",
             )
+            if result.from_agent:
+                say(ctx, f"{len(result.from_agent)} file(s) already chunked by the agent")
             if s.chunks:
                 say(
                     ctx,

@@ -5,12 +5,18 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from dits.cli._common import Ctx, emit_json, human_bytes, open_repo, pass_ctx, progress, say
 from dits.errors import ConflictError, UsageError
 from dits.remotes import TRANSPORTS
+
+if TYPE_CHECKING:
+    from dits.ops.sync import PushResult
+
+_RATE_MIN_BYTES = 8 << 20  # less than this sent is too little to measure a rate from
 
 _transport_option = click.option(
     "--transport",
@@ -37,8 +43,13 @@ def push_cmd(
 ) -> None:
     """Send BRANCH (default: the current one) to REMOTE (default: origin)."""
     from dits.ops.sync import push
+    from dits.speculative.control import yielding_to_push
 
-    with open_repo(ctx) as repo, progress(ctx, "pushing", json_mode=as_json) as (total, advance):
+    with (
+        open_repo(ctx) as repo,
+        yielding_to_push(repo.dits_dir),  # a running agent leaves the uplink to this push
+        progress(ctx, "pushing", json_mode=as_json) as (total, advance),
+    ):
         result = push(
             repo,
             remote,
@@ -48,21 +59,64 @@ def push_cmd(
             on_total=total,
             on_bytes=advance,
         )
+        full_seconds = _full_upload_estimate(repo.dits_dir, result)
     if as_json:
-        emit_json(result.to_json())
+        doc = result.to_json()
+        doc["estimated_full_upload_seconds"] = full_seconds
+        doc["speedup"] = round(full_seconds / result.seconds, 1) if full_seconds else None
+        emit_json(doc)
         return
     if result.up_to_date:
         say(ctx, f"{result.remote}/{result.branch} is up to date")
         return
-    pct = 100 * result.chunks_present / result.chunks_total if result.chunks_total else 100.0
-    say(
-        ctx,
-        f"{result.chunks_present} of {result.chunks_total} chunks already on server ({pct:.1f}%); "
-        f"sent {result.chunks_sent} chunks and {result.objects_sent} objects, "
-        f"{human_bytes(result.bytes_sent)} in {result.seconds:.2f} s over {result.transport}",
-    )
+    say(ctx, _push_summary(result, full_seconds))
     old = result.old[:12] if result.old else "(new)"
     say(ctx, f"{result.remote}/{result.branch}: {old} -> {(result.new or '')[:12]}")
+
+
+def _full_upload_estimate(dits_dir: Path, result: PushResult) -> float | None:
+    """Seconds sending every chunk of this push would have taken, at the push rate measured
+    now (when enough was sent to measure it) or by the last push that could; None if never."""
+    from dits.speculative.control import AgentPaths
+    from dits.store.speculative import SpeculativeCache
+
+    if result.up_to_date or not result.chunk_bytes_total:
+        return None
+    paths = AgentPaths(dits_dir)
+    paths.ensure()
+    cache = SpeculativeCache(paths.cache)
+    try:
+        if result.chunk_bytes_sent >= _RATE_MIN_BYTES and result.upload_seconds > 0:
+            rate: float | None = result.chunk_bytes_sent / result.upload_seconds
+            cache.set_value("push_rate", rate)  # type: ignore[arg-type]
+        else:
+            rate = cache.get_value("push_rate")
+    finally:
+        cache.close()
+    return result.chunk_bytes_total / rate if rate else None
+
+
+def _push_summary(result: PushResult, full_seconds: float | None) -> str:
+    faster = (
+        f" ({full_seconds / result.seconds:.0f}x faster)"
+        if full_seconds and result.seconds > 0 and full_seconds > result.seconds
+        else ""
+    )
+    if result.chunks_total and not result.chunks_sent:
+        return (
+            f"Instant push! All {result.chunks_total} chunks already on server "
+            f"({human_bytes(result.bytes_skipped)} skipped); {result.objects_sent} objects in "
+            f"{result.seconds:.2f} s over {result.transport}{faster}"
+        )
+    pct = (
+        100 * result.bytes_skipped / result.chunk_bytes_total if result.chunk_bytes_total else 100.0
+    )
+    return (
+        f"{result.chunks_sent}/{result.chunks_total} chunks uploaded ({pct:.1f}% pre-synced), "
+        f"{human_bytes(result.chunk_bytes_sent)} uploaded, "
+        f"{human_bytes(result.bytes_skipped)} skipped, {result.objects_sent} objects, "
+        f"{result.seconds:.2f} s over {result.transport}{faster}"
+    )
 
 
 @click.command("fetch")

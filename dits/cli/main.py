@@ -47,6 +47,7 @@ _COMMANDS = {
     "pull": ("dits.cli.cmd_sync", "pull_cmd"),
     "clone": ("dits.cli.cmd_sync", "clone_cmd"),
     "demo": ("dits.cli.cmd_demo", "demo_cmd"),
+    "speculative": ("dits.cli.cmd_speculative", "speculative_cmd"),
 }
 
 

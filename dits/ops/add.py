@@ -18,7 +18,11 @@ from dits.ops.ingest import FileChangedError, Ingestor, IngestStats, UnreadableF
 from dits.repository import Repository
 from dits.worktree import WorkFile
 
-__all__ = ["AddResult", "PathspecError", "add_paths", "stage_files"]
+__all__ = ["AddResult", "KnownManifest", "PathspecError", "add_paths", "stage_files"]
+
+# (absolute path, size, mtime_ns, inode) -> the manifest someone already made of exactly that
+# file (the speculative agent), or None.
+KnownManifest = Callable[[str, int, int, int], Manifest | None]
 
 
 class PathspecError(UsageError):
@@ -33,6 +37,7 @@ class AddResult:
     modified: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
     unchanged: int = 0
+    from_agent: list[str] = field(default_factory=list)  # manifests the agent had made already
     errors: list[str] = field(default_factory=list)
     stats: IngestStats = field(default_factory=IngestStats)
 
@@ -50,6 +55,7 @@ class AddResult:
             "new_chunks": self.stats.new_chunks,
             "new_bytes": self.stats.new_bytes,
             "reused_chunks": self.stats.chunks - self.stats.new_chunks,
+            "files_from_agent": len(self.from_agent),
         }
 
 
@@ -63,11 +69,14 @@ def add_paths(
     *,
     on_plan: Callable[[int], None] | None = None,
     on_bytes: Callable[[int], None] | None = None,
+    known: KnownManifest | None = None,
 ) -> AddResult:
     """Stage every file under the given repository paths ("" = the whole tree).
 
     Files whose stat data matches the index are not read. Tracked files that vanished are staged
     as removed. Unreadable files are reported in ``errors`` and skipped; the rest is staged.
+    ``known`` offers manifests made earlier of the very same file ("instant add", see
+    ``stage_files``).
 
     Raises:
         PathspecError: a path matched no file and no tracked entry.
@@ -107,7 +116,7 @@ def add_paths(
             to_read.append(wf)
         if on_plan is not None:
             on_plan(sum(wf.size for wf in to_read if not wf.is_symlink))
-        staged = stage_files(repo, to_read, result, on_bytes=on_bytes)
+        staged = stage_files(repo, to_read, result, on_bytes=on_bytes, known=known)
         for path, entry in staged.items():
             (result.modified if path in index else result.added).append(path)
             changes[path] = entry
@@ -128,9 +137,13 @@ def stage_files(
     result: AddResult,
     *,
     on_bytes: Callable[[int], None] | None = None,
+    known: KnownManifest | None = None,
 ) -> dict[str, IndexEntry]:
     """Read, chunk and store files; store their manifests; return their new index entries.
 
+    A file for which ``known`` has a manifest made of exactly this file (same size, mtime and
+    inode, the index's own test for "unchanged") whose chunks are all in the local store is not
+    read again: the speculative agent chunked and stored it while it was being saved.
     Per-file failures go to ``result.errors``; a store failure (disk full) raises.
     """
     entries: dict[str, IndexEntry] = {}
@@ -143,6 +156,11 @@ def stage_files(
                 if wf.is_symlink:
                     target = os.readlink(abs_path)
                     manifests.append((wf.path, Symlink(target), os.lstat(abs_path)))
+                elif known is not None and (hit := _known_manifest(repo, abs_path, known)):
+                    manifests.append((wf.path, *hit))
+                    result.from_agent.append(wf.path)
+                    if on_bytes is not None:
+                        on_bytes(hit[0].size)
                 else:
                     manifest, st = ingestor.ingest_file(abs_path, wf.path, wf.size)
                     manifests.append((wf.path, manifest, st))
@@ -157,3 +175,16 @@ def stage_files(
         kind = EntryKind.SYMLINK if isinstance(obj, Symlink) else EntryKind.FILE
         entries[path] = IndexEntry.from_stat(kind, st, oid)
     return entries
+
+
+def _known_manifest(
+    repo: Repository, abs_path: os.PathLike[str], known: KnownManifest
+) -> tuple[Manifest, os.stat_result] | None:
+    st = os.stat(abs_path, follow_symlinks=False)
+    manifest = known(os.fspath(abs_path), st.st_size, st.st_mtime_ns, st.st_ino)
+    if manifest is None or manifest.size != st.st_size:
+        return None
+    ids = {c.id for c in manifest.chunks}
+    if repo.chunks.has_many(ids) != ids:  # gc may have dropped what nothing referenced yet
+        return None
+    return manifest, st

@@ -30,7 +30,13 @@ from dits.core.codec import decode_object, object_id
 from dits.core.ids import ObjectId, short_id
 from dits.core.index import IndexEntry
 from dits.core.objects import Commit, Manifest, Object, Tree
-from dits.errors import ConflictError, CorruptObjectError, DitsError, UsageError
+from dits.errors import (
+    ConflictError,
+    CorruptObjectError,
+    DitsError,
+    ObjectNotFoundError,
+    UsageError,
+)
 from dits.hooks import run_hook
 from dits.net.client import RemoteSession, open_session
 from dits.ops.clone import stream_checkout
@@ -38,6 +44,7 @@ from dits.protocol import (
     BlobKind,
     Encoding,
     InvalidObjectError,
+    MissingObjectsError,
     Permission,
     PutChunk,
     PutObject,
@@ -54,6 +61,7 @@ __all__ = ["FetchResult", "PushResult", "clone", "fetch", "push"]
 REMOTES = "refs/remotes/"
 BATCH_BYTES = 8 << 20  # one put or get request carries about this much
 PUT_STREAMS = 4
+MISSING_RETRIES = 3  # rounds of re-sending what the server lost between Have and UpdateRefs
 
 Progress = Callable[[int], None]
 
@@ -72,18 +80,32 @@ class PushResult:
     objects_sent: int = 0
     chunks_total: int = 0
     chunks_sent: int = 0
-    bytes_sent: int = 0
+    chunk_bytes_total: int = 0  # plain bytes of every chunk this push is about
+    chunk_bytes_sent: int = 0  # plain bytes of the chunks it had to send
+    chunks_resent: int = 0  # sent again because the server lost them meanwhile (expired)
+    bytes_sent: int = 0  # on the wire, framing included
+    upload_seconds: float = 0.0  # time spent sending chunks
     seconds: float = 0.0
 
     @property
     def chunks_present(self) -> int:
         return self.chunks_total - self.chunks_sent
 
+    @property
+    def bytes_skipped(self) -> int:
+        return max(0, self.chunk_bytes_total - self.chunk_bytes_sent)
+
     def to_json(self) -> dict[str, object]:
         doc = dict(self.__dict__)
         doc["chunks_already_on_server"] = self.chunks_present
+        doc["bytes_skipped"] = self.bytes_skipped
         doc["percent_already_on_server"] = (
             round(100 * self.chunks_present / self.chunks_total, 1) if self.chunks_total else 100.0
+        )
+        doc["percent_bytes_presynced"] = (
+            round(100 * self.bytes_skipped / self.chunk_bytes_total, 1)
+            if self.chunk_bytes_total
+            else 100.0
         )
         return doc
 
@@ -179,17 +201,37 @@ async def _push(
             result.up_to_date = True
             return result
         # The plan holds only objects the server said it lacks, and their chunks with sizes.
-        objects, chunks, total_chunks = await _plan_push(repo, session, tip)
+        objects, chunks, total = await _plan_push(repo, session, tip)
         result.objects_total = result.objects_sent = len(objects)
-        result.chunks_total = total_chunks
+        result.chunks_total = len(total)
+        result.chunk_bytes_total = sum(total.values())
+        # The server pins what Have counts (its speculative tier cannot expire it under us).
         on_server = await session.have(BlobKind.CHUNK, list(chunks)) if chunks else set()
         missing_chunks = [(c, size) for c, size in chunks.items() if c not in on_server]
         result.chunks_sent = len(missing_chunks)
+        result.chunk_bytes_sent = sum(size for _, size in missing_chunks)
         if on_total is not None:
-            on_total(sum(size for _, size in missing_chunks))
+            on_total(result.chunk_bytes_sent)
+        upload_started = time.perf_counter()
         await _send_chunks(repo, session, missing_chunks, on_bytes)
+        result.upload_seconds = time.perf_counter() - upload_started
         await _send_objects(repo, session, objects)
-        await session.update_refs([RefChange(ref, remote_old, tip, force)])
+        change = RefChange(ref, remote_old, tip, force)
+        for attempt in range(MISSING_RETRIES + 1):
+            try:
+                await session.update_refs([change])
+                break
+            except MissingObjectsError as exc:
+                # Something the server had said it held (a speculative chunk past its TTL)
+                # is gone: send it again, as git-lfs re-uploads what a batch call lost.
+                lost = [i for i in exc.ids if i in chunks or i in total]
+                lost_objects = [i for i in exc.ids if i in set(objects)]
+                if attempt == MISSING_RETRIES or not (lost or lost_objects):
+                    raise
+                sizes = {**total, **chunks}
+                await _send_chunks(repo, session, [(i, sizes[i]) for i in lost], None)
+                await _send_objects(repo, session, lost_objects)
+                result.chunks_resent += len(lost)
         result.bytes_sent = session.bytes_sent
         return result
     finally:
@@ -199,9 +241,9 @@ async def _push(
 
 async def _plan_push(
     repo: Repository, session: RemoteSession, tip: ObjectId
-) -> tuple[list[ObjectId], dict[ObjectId, int], int]:
+) -> tuple[list[ObjectId], dict[ObjectId, int], dict[ObjectId, int]]:
     """Objects the server lacks, the chunks (id -> size) of their manifests to ask about, and
-    the number of chunks this push is about (see below)."""
+    the chunks (id -> size) this push is about (see below)."""
     commits = _local_commits(repo, tip)
     have = await session.have(BlobKind.OBJECT, commits)
     todo = [c for c in commits if c not in have]
@@ -232,7 +274,8 @@ async def _plan_push(
         level = next_level
     # "M of N chunks already on server": N counts every chunk this push is about, the tip's
     # and those of any other new manifest, so M = N - sent is never negative.
-    total = len(_tip_chunks(repo, tip) | chunk_sizes.keys())
+    total = _tip_chunks(repo, tip)
+    total.update(chunk_sizes)
     return objects, chunk_sizes, total
 
 
@@ -252,32 +295,45 @@ def _local_commits(repo: Repository, tip: ObjectId) -> list[ObjectId]:
     return out
 
 
-def _tip_chunks(repo: Repository, tip: ObjectId) -> set[ObjectId]:
+def _tip_chunks(repo: Repository, tip: ObjectId) -> dict[ObjectId, int]:
     commit = repo.get_object(tip)
     assert isinstance(commit, Commit)
-    chunks: set[ObjectId] = set()
+    chunks: dict[ObjectId, int] = {}
     stack = [commit.tree]
+    seen: set[ObjectId] = set()
     while stack:
-        obj = repo.get_object(stack.pop())
+        oid = stack.pop()
+        if oid in seen:
+            continue
+        seen.add(oid)
+        obj = repo.get_object(oid)
         if isinstance(obj, Tree):
             stack.extend(e.id for e in obj.entries)
         elif isinstance(obj, Manifest):
-            chunks.update(c.id for c in obj.chunks)
+            chunks.update((c.id, c.size) for c in obj.chunks)
     return chunks
 
 
-def _read_chunk_batch(repo: Repository, ids: list[ObjectId]) -> list[PutChunk]:
-    """The at-rest form is sent as is: RAW or one zstd frame. Not re-hashed here: the server
+def read_chunk_batch(
+    repo: Repository, ids: list[ObjectId], *, missing_ok: bool = False
+) -> list[PutChunk]:
+    """PutChunk messages for ``ids`` from the local store (``missing_ok``: skip absent ones).
+
+    The at-rest form is sent as is: RAW or one zstd frame. Not re-hashed here: the server
     hashes every byte it receives and refuses a mismatch, naming the chunk."""
     get_stored = getattr(repo.chunks, "get_stored", None)
     out = []
     for oid in ids:
-        if get_stored is not None:
-            stored, plain_size = get_stored(oid, verify=False)
-            out.append(PutChunk(oid, Encoding(stored[0]), plain_size, memoryview(stored)[1:]))
-        else:
-            data = repo.chunks.get(oid)
-            out.append(PutChunk(oid, Encoding.RAW, len(data), data))
+        try:
+            if get_stored is not None:
+                stored, plain_size = get_stored(oid, verify=False)
+                out.append(PutChunk(oid, Encoding(stored[0]), plain_size, memoryview(stored)[1:]))
+            else:
+                data = repo.chunks.get(oid)
+                out.append(PutChunk(oid, Encoding.RAW, len(data), data))
+        except ObjectNotFoundError:
+            if not missing_ok:
+                raise
     return out
 
 
@@ -307,7 +363,7 @@ async def _send_chunks(
     async def worker() -> None:
         while not queue.empty():
             batch = queue.get_nowait()
-            msgs = await asyncio.to_thread(_read_chunk_batch, repo, batch)
+            msgs = await asyncio.to_thread(read_chunk_batch, repo, batch)
             await session.put(msgs)
             if on_bytes is not None:
                 on_bytes(sum(m.plain_size for m in msgs))
