@@ -16,6 +16,7 @@ BENCHMARKS: dict[str, str] = {
     "s3": "benchmarks.s3_bench",
     "lossy": "benchmarks.lossy_bench",
     "server-kill": "benchmarks.server_kill_bench",
+    "speculative": "benchmarks.speculative_bench",
 }
 """Benchmark name -> module path; the module defines ``main(argv: list[str] | None) -> int``."""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -52,13 +53,19 @@ def status_cmd(ctx: Ctx, as_json: bool) -> None:
     from dits.speculative.engine import stopped_status
 
     _, paths = _paths(ctx)
-    try:
-        doc = request(paths, "status")
-        doc.pop("ok", None)
-    except AgentNotRunningError:
-        if agent_running(paths):
-            raise
-        doc = stopped_status(paths)
+    deadline = time.monotonic() + 5.0
+    while True:
+        try:
+            doc = request(paths, "status")
+            doc.pop("ok", None)
+            break
+        except AgentNotRunningError:
+            if not agent_running(paths):
+                doc = stopped_status(paths)
+                break
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)  # starting or exiting: the lock is held without a listener
     if as_json:
         emit_json(doc)
         return
@@ -112,7 +119,7 @@ def clear_cmd(ctx: Ctx) -> None:
 
 
 @speculative_cmd.command("sync")
-@click.argument("directory", type=click.Path(path_type=Path, file_okay=False, exists=True))
+@click.argument("directory", type=click.Path(path_type=Path, file_okay=False))
 @click.option("--remote", default=None, help="Remote to upload to (default: origin).")
 @click.option(
     "--max-bandwidth",
@@ -129,10 +136,13 @@ def sync_cmd(
     from dits.speculative.oneshot import sync_folder
 
     rate = parse_rate(max_bandwidth) if max_bandwidth else 0
+    folder = (ctx.cwd / directory).resolve()
+    if not folder.is_dir():
+        raise UsageError(f"{directory}: not a folder")
     with open_repo(ctx) as repo, progress(ctx, "pre-uploading", json_mode=as_json) as (tot, adv):
         result = sync_folder(
             repo,
-            (ctx.cwd / directory).resolve(),
+            folder,
             remote,
             max_bandwidth=rate,
             on_total=tot,
@@ -180,7 +190,7 @@ def coverage_cmd(ctx: Ctx, files: tuple[Path, ...], remote: str | None, as_json:
         ctx,
         f"total: {report.percent:.1f}% on server, {human_bytes(report.bytes_remaining)} to send"
         + (
-            f", about {eta:.1f} s at {human_bytes(report.upload_rate)}/s"
+            f", about {eta:.1f} s at {human_bytes(report.upload_rate or 0)}/s"
             if eta is not None
             else " (no upload rate measured yet)"
         )

@@ -95,15 +95,18 @@ def request(paths: AgentPaths, cmd: str, *, timeout: float = 10.0, **args: Any) 
             raise AgentNotRunningError(
                 "the speculative agent is not running; start it with 'dits speculative start'"
             ) from None
-        sock.sendall(json.dumps({"cmd": cmd, **args}).encode() + b"\n")
         data = b""
-        while not data.endswith(b"\n"):
-            part = sock.recv(65536)
-            if not part:
-                break
-            data += part
-            if len(data) > _MAX_LINE:
-                raise DitsError("the speculative agent sent an oversized answer")
+        try:
+            sock.sendall(json.dumps({"cmd": cmd, **args}).encode() + b"\n")
+            while not data.endswith(b"\n"):
+                part = sock.recv(65536)
+                if not part:
+                    break
+                data += part
+                if len(data) > _MAX_LINE:
+                    raise DitsError("the speculative agent sent an oversized answer")
+        except (ConnectionResetError, BrokenPipeError):
+            data = b""  # it died while answering: as good as not running
     except TimeoutError:
         raise DitsError(
             f"the speculative agent did not answer {cmd!r} within {timeout:.0f} s"

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from dits.errors import DitsError, UsageError
-from dits.speculative.control import AgentPaths, agent_running, request
+from dits.speculative.control import AgentNotRunningError, AgentPaths, agent_running, request
 
 __all__ = ["spawn", "stop_agent"]
 
@@ -47,6 +47,10 @@ def spawn(root: Path, dits_dir: Path) -> int:
     paths.ensure()
     if agent_running(paths):
         raise UsageError(f"the speculative agent is already running (pid {paths.read_pid()})")
+    # The child must import this very dits, installed or not.
+    package_parent = str(Path(__file__).resolve().parents[2])
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_parent, env.get("PYTHONPATH")]))
     with open(paths.log, "ab") as log_file:
         proc = subprocess.Popen(
             [sys.executable, "-m", "dits.speculative.daemon", str(root)],
@@ -56,17 +60,24 @@ def spawn(root: Path, dits_dir: Path) -> int:
             start_new_session=True,  # its own session: no SIGHUP when the terminal closes
             close_fds=True,
             cwd=root,
+            env=env,
         )
+    # The launched process forks the daemon and exits at once (the classic double fork), so
+    # the daemon is nobody's child here and never lingers as a zombie of this process.
+    if proc.wait(timeout=_START_TIMEOUT) != 0:
+        raise DitsError(f"the speculative agent did not start: {_last_log_line(paths)}")
     deadline = time.monotonic() + _START_TIMEOUT
     while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise DitsError(f"the speculative agent exited at start: {_last_log_line(paths)}")
         try:
-            request(paths, "status", timeout=2.0)
-            return proc.pid
+            return int(request(paths, "status", timeout=2.0)["pid"])
+        except AgentNotRunningError:
+            if not agent_running(paths) and time.monotonic() > deadline - _START_TIMEOUT + 2:
+                raise DitsError(
+                    f"the speculative agent exited at start: {_last_log_line(paths)}"
+                ) from None
+            time.sleep(0.05)
         except DitsError:
             time.sleep(0.05)
-    proc.terminate()
     raise DitsError(f"the speculative agent did not start in time: {_last_log_line(paths)}")
 
 
@@ -91,7 +102,18 @@ def stop_agent(dits_dir: Path) -> int | None:
             time.sleep(0.2)
             break
         time.sleep(0.05)
+    while pid is not None and _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.02)  # the lock goes first; the interpreter takes a moment to exit
     return pid
+
+
+def _alive(pid: int) -> bool:
+    import psutil
+
+    try:
+        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return False
 
 
 def _last_log_line(paths: AgentPaths) -> str:
@@ -106,6 +128,8 @@ def _last_log_line(paths: AgentPaths) -> str:
 
 
 def main(argv: list[str]) -> int:
+    if os.fork() > 0:
+        os._exit(0)  # the launcher returns; the daemon below is re-parented to init
     root = Path(argv[0]).resolve()
     paths = AgentPaths(root / ".dits")
     paths.ensure()
@@ -124,6 +148,7 @@ def main(argv: list[str]) -> int:
         stream=sys.stderr,
     )
     log.info("agent starting for %s (pid %d)", root, os.getpid())
+    _lower_priority(root)
     try:
         asyncio.run(_serve(root, paths))
     except DitsError as exc:
@@ -140,6 +165,28 @@ def main(argv: list[str]) -> int:
         os.close(lock_fd)
     log.info("agent stopped")
     return 0
+
+
+def _lower_priority(root: Path) -> None:
+    """``speculative.priority = low`` (the default): the agent yields CPU and disk to the
+    editor and to explicit commands (nice 10, idle I/O class where the OS has one)."""
+    from dits.config import Config
+    from dits.speculative.config import SpeculativeConfig
+
+    try:
+        cfg = SpeculativeConfig.from_config(Config(root / ".dits" / "config"))
+    except DitsError:
+        return  # the agent itself reports the bad config
+    if cfg.priority != "low":
+        return
+    with contextlib.suppress(OSError):
+        os.nice(10)
+    with contextlib.suppress(Exception):
+        import psutil
+
+        io_class = getattr(psutil, "IOPRIO_CLASS_IDLE", None)
+        if io_class is not None:
+            psutil.Process().ionice(io_class)
 
 
 async def _serve(root: Path, paths: AgentPaths) -> None:

@@ -235,7 +235,7 @@ class Agent:
         if isinstance(decision, policy.Grow):
             self._schedule(path, "grow")
         elif isinstance(decision, policy.Finalize):
-            self._schedule(path, "final")
+            self._finalize_when_settled(path)
         elif isinstance(decision, policy.Restart):
             self._growing.pop(path, None)
             self._schedule(path, "grow")
@@ -243,6 +243,20 @@ class Agent:
             self._growing.pop(path, None)
             self._job_kind.pop(path, None)  # a queued job for it is skipped when popped
             self.cache.forget_file(str(path))
+
+    def _finalize_when_settled(self, path: Path) -> None:
+        """Stage the whole file, but not within the stager's racy window of its mtime: a manifest
+        made then could not be recorded for instant add (a write in the same timestamp tick
+        would go unnoticed), so wait out the rest of the window first."""
+        try:
+            age = time.time() - path.stat().st_mtime_ns / 1e9
+        except OSError:
+            return  # gone: the watcher reports the deletion
+        wait = self.stager.racy_window - age
+        if wait > 0 and self._loop is not None:
+            self._loop.call_later(wait + 0.01, self._schedule, path, "final")
+        else:
+            self._schedule(path, "final")
 
     def _schedule(self, path: Path, kind: str) -> None:
         current = self._job_kind.get(path)
@@ -321,9 +335,11 @@ class Agent:
                 running = await asyncio.to_thread(nle.running_editors)
                 self.editors = sorted({e.name for e in running})
                 rate = self.editor_meter.sample(now)
-                self.activity.record(int(rate * EDITOR_SCAN), now)
+                self.activity.record_rate(rate, now)
                 if self.cfg.watch_editors and running and self._watcher is not None:
-                    for folder in nle.editor_folders(running):
+                    for folder in nle.editor_folders(
+                        running, include_derived=self.cfg.include_derived_caches
+                    ):
                         if folder.path not in self._roots:
                             root = WatchRoot(folder.path, EDITOR_CACHE, False)
                             self._roots[folder.path] = EDITOR_CACHE
