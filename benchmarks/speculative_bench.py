@@ -99,7 +99,6 @@ def _scenario(
     agent: bool,
 ) -> dict[str, Any]:
     srv_root = server.root
-    remote_cli("init", "--root", str(srv_root), name)
     token = remote_cli("token", "create", "--root", str(srv_root), "--repo", name, "--write")
     work = data / name
     work.mkdir()
@@ -120,7 +119,7 @@ def _scenario(
         t0 = time.monotonic()
         added = json.loads(_dits(work, "add", "--json", "render.mov"))
         t_add = time.monotonic()
-        _dits(work, "commit", "-q", "-m", "render")
+        _dits(work, "-q", "commit", "-m", "render")
         t_commit = time.monotonic()
         pushed = json.loads(_dits(work, "push", "--json"))
         done = time.monotonic()
@@ -154,6 +153,8 @@ def bench(size_mib: int, seconds: float, cap: str, data_dir: Path | None) -> dic
     data.mkdir(parents=True)
     srv_root = data / "server"
     srv_root.mkdir()
+    for name in ("with-agent", "no-agent"):  # separate repositories: nothing shared
+        remote_cli("init", "--root", str(srv_root), name)
     server = LocalServer(srv_root, env=ENV)
     server.start()
     size = size_mib * MiB

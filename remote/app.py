@@ -3,7 +3,8 @@
 Layout of a server root (docs/operations.md):
 
 * ``index/``: the LMDB index (repos, refs, blob locations, visibility, temp entries).
-* ``temp/``: the temporary tier, an LMDB index plus pack files (uploaded, not yet promoted).
+* ``temp/``: the temporary tier, an LMDB index plus pack files (pushed or speculatively
+  uploaded, not yet promoted), and ``bytes.lock`` (``remote.bytes_lock``).
 * ``auth/``: the token store (hashed bearer tokens).
 * ``storage/``: permanent pack objects with the default local backend (``--storage`` moves them
   to S3 or another folder).
@@ -24,8 +25,10 @@ from dits.protocol import Limits
 from dits.transport import serve as _listen
 from dits.transport.tls import ensure_self_signed, load_fingerprint
 from remote.auth import TokenStore
+from remote.gc import PeriodicGc
 from remote.handler import RequestHandler
 from remote.service import RemoteService
+from remote.speculative import SpeculativePolicy
 from remote.storage import open_storage
 
 __all__ = ["open_service", "run", "storage_url"]
@@ -38,13 +41,21 @@ def storage_url(root: Path, storage: str | None) -> str:
 
 
 def open_service(
-    root: Path, storage: str | None = None, s3_endpoint: str | None = None
+    root: Path,
+    storage: str | None = None,
+    s3_endpoint: str | None = None,
+    policy: SpeculativePolicy | None = None,
 ) -> RemoteService:
     """Open everything under ``root`` (it must have been made by ``dits-remote init``)."""
     backend = open_storage(storage_url(root, storage), s3_endpoint=s3_endpoint)
     tokens = TokenStore(root / "auth")
     return RemoteService(
-        root, backend, tokens, limits=Limits(), server_id=f"dits-remote@{os.uname().nodename}"
+        root,
+        backend,
+        tokens,
+        limits=Limits(),
+        server_id=f"dits-remote@{os.uname().nodename}",
+        policy=policy,
     )
 
 
@@ -61,8 +72,14 @@ def run(
     tcp: bool = True,
     workers: int = 1,
     grace: float = 10.0,
+    policy: SpeculativePolicy | None = None,
+    gc_interval: float = 600.0,
 ) -> int:
-    """Serve until SIGINT/SIGTERM, then finish in-flight requests (up to ``grace`` seconds)."""
+    """Serve until SIGINT/SIGTERM, then finish in-flight requests (up to ``grace`` seconds).
+
+    The first process also collects garbage in the temporary tier every ``gc_interval``
+    seconds (0: never; ``remote.gc``); with ``workers`` above 1 the others do not.
+    """
     if cert is None or key is None:
         cert, key = root / "tls" / "cert.pem", root / "tls" / "key.pem"
         ensure_self_signed(cert, key, [host] if host not in ("0.0.0.0", "::") else [])
@@ -83,6 +100,8 @@ def run(
                 reuse_port,
                 grace,
                 announce,
+                policy,
+                gc_interval if announce is not None else 0.0,  # the first process only
             )
         )
 
@@ -119,8 +138,10 @@ async def _serve(
     reuse_port: bool,
     grace: float,
     fingerprint: str | None,
+    policy: SpeculativePolicy | None,
+    gc_interval: float,
 ) -> int:
-    service = open_service(root, storage, s3_endpoint)
+    service = open_service(root, storage, s3_endpoint, policy)
     service.storage.probe()
     handler = RequestHandler(service)
     try:
@@ -151,10 +172,15 @@ async def _serve(
             flush=True,
         )
     log.info("serving %s on %s:%d (pid %d)", root, host, server.port, os.getpid())
+    collector = PeriodicGc(service, gc_interval) if gc_interval > 0 else None
+    if collector is not None:
+        collector.start()
     await stop.wait()
     log.info("shutting down: finishing %d requests", server.active_handlers)
     server.close()
     await server.wait_closed()
+    if collector is not None:  # stops after its current candidate; the service closes next
+        await asyncio.get_running_loop().run_in_executor(None, collector.stop)
     handler.close()
     service.close()
     print("dits-remote stopped", file=sys.stderr, flush=True)

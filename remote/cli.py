@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -26,6 +28,78 @@ def _root_option(fn: click.decorators.FC) -> click.decorators.FC:
         required=True,
         help="The server's data folder.",
     )(fn)
+
+
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    "kib": 1 << 10,
+    "mib": 1 << 20,
+    "gib": 1 << 30,
+    "tib": 1 << 40,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "tb": 10**12,
+}
+
+
+class Duration(click.ParamType[float]):
+    """Seconds, or a number with a unit: ``500ms``, ``30s``, ``10m``, ``72h``, ``3d``."""
+
+    name = "duration"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float:
+        if isinstance(value, int | float):
+            seconds = float(value)
+        else:
+            match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(ms|s|m|h|d)?\s*", str(value).lower())
+            if match is None:
+                self.fail(f"{value!r} is not a duration (e.g. 600, 30s, 10m, 72h, 3d)", param, ctx)
+            seconds = float(match[1]) * _DURATION_UNITS[match[2] or "s"]
+        if seconds < 0:
+            self.fail("a duration must not be negative", param, ctx)
+        return seconds
+
+
+class ByteSize(click.ParamType[int]):
+    """Bytes, or a number with a unit: ``512MiB``, ``100GiB``, ``1TB`` (KiB.. binary, KB.. SI)."""
+
+    name = "size"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-z]*)\s*", str(value).lower())
+        if match is None or match[2] not in _SIZE_UNITS:
+            self.fail(f"{value!r} is not a size (e.g. 0, 1048576, 512MiB, 100GiB)", param, ctx)
+        return int(float(match[1]) * _SIZE_UNITS[match[2]])
+
+
+def _speculative_options(fn: click.decorators.FC) -> click.decorators.FC:
+    for option in reversed(
+        [
+            click.option(
+                "--speculative-ttl",
+                type=Duration(),
+                default="72h",
+                show_default=True,
+                help="Speculative uploads untouched and unpinned this long are condemned.",
+            ),
+            click.option(
+                "--speculative-grace",
+                type=Duration(),
+                default="1h",
+                show_default=True,
+                help="Condemned speculative uploads are deleted this long after, if unused.",
+            ),
+        ]
+    ):
+        fn = option(fn)
+    return fn
 
 
 def _listen(text: str) -> tuple[str, int]:
@@ -58,6 +132,21 @@ def cli(ctx: click.Context, debug: bool) -> None:
 @click.option("--transport", type=click.Choice(["both", "quic", "tcp"]), default="both")
 @click.option("--workers", type=int, default=1, show_default=True, help="Worker processes.")
 @click.option("--grace", type=float, default=10.0, help="Seconds to finish requests on stop.")
+@_speculative_options
+@click.option(
+    "--speculative-quota",
+    type=ByteSize(),
+    default="100GiB",
+    show_default=True,
+    help="Speculative bytes each token may hold; 0 refuses speculative uploads.",
+)
+@click.option(
+    "--gc-interval",
+    type=Duration(),
+    default="600",
+    show_default=True,
+    help="Seconds between garbage collections of the temporary tier; 0 turns them off.",
+)
 def serve(
     root: Path,
     listen: str,
@@ -68,9 +157,14 @@ def serve(
     transport: str,
     workers: int,
     grace: float,
+    speculative_ttl: float,
+    speculative_grace: float,
+    speculative_quota: int,
+    gc_interval: float,
 ) -> None:
     """Serve the repositories under --root over QUIC and TLS/TCP."""
     from remote.app import run
+    from remote.speculative import SpeculativePolicy
 
     _require_root(root)
     if (cert is None) != (key is None):
@@ -88,6 +182,10 @@ def serve(
         tcp=transport in ("both", "tcp"),
         workers=workers,
         grace=grace,
+        policy=SpeculativePolicy(
+            ttl=speculative_ttl, grace=speculative_grace, quota=speculative_quota
+        ),
+        gc_interval=gc_interval,
     )
     sys.exit(code)
 
@@ -219,27 +317,47 @@ def fsck(root: Path, storage: str | None, s3_endpoint: str | None, as_json: bool
     type=float,
     default=72.0,
     show_default=True,
-    help="Forget unpromoted uploads older than this (abandoned pushes).",
+    help="Forget push uploads untouched for this long (abandoned pushes).",
 )
+@_speculative_options
 @click.option("--json", "as_json", is_flag=True)
-def gc(root: Path, temp_ttl_hours: float, as_json: bool) -> None:
-    """Expire abandoned uploads in the temporary tier and give their space back."""
+def gc(
+    root: Path,
+    temp_ttl_hours: float,
+    speculative_ttl: float,
+    speculative_grace: float,
+    as_json: bool,
+) -> None:
+    """Collect garbage in the temporary tier (one pass; `serve` also runs it periodically).
+
+    Condemns speculative uploads unpinned and untouched for --speculative-ttl, deletes those
+    condemned more than --speculative-grace ago and still unused, expires abandoned push
+    uploads, removes temp bytes nothing names, and gives their space back. Safe beside a
+    running server; never touches permanent storage.
+    """
     from remote.app import open_service
+    from remote.gc import TempGc
+    from remote.speculative import SpeculativePolicy
 
     _require_root(root)
     if temp_ttl_hours < 0:
         raise UsageError("--temp-ttl-hours must not be negative")
-    service = open_service(root)
+    policy = SpeculativePolicy(
+        ttl=speculative_ttl, grace=speculative_grace, push_ttl=temp_ttl_hours * 3600
+    )
+    service = open_service(root, policy=policy)
     try:
-        report = service.expire_temp(temp_ttl_hours * 3600)
+        report = TempGc(service).run()
     finally:
         service.close()
     if as_json:
-        click.echo(json.dumps(report, indent=2))
+        click.echo(json.dumps(report.to_json(), indent=2))
     else:
         click.echo(
-            f"expired {report['entries_expired']} uploads, removed {report['blobs_removed']} "
-            f"temporary blobs, freed {report['bytes_freed']} bytes"
+            f"speculative: {report.marked} condemned, {report.swept} deleted "
+            f"({report.speculative_bytes_expired} bytes); push uploads: "
+            f"{report.entries_expired} expired; removed {report.blobs_removed} temporary "
+            f"blobs and {report.orphans_removed} orphans, freed {report.bytes_freed} bytes"
         )
 
 
@@ -247,8 +365,9 @@ def gc(root: Path, temp_ttl_hours: float, as_json: bool) -> None:
 @_root_option
 @click.option("--json", "as_json", is_flag=True)
 def stats(root: Path, as_json: bool) -> None:
-    """Counts from the index: repositories, refs, blobs, temp entries."""
+    """Counts from the index: repositories, refs, blobs, temp entries, speculative tier."""
     from remote.index import ServerIndex
+    from remote.service import speculative_figures
 
     _require_root(root)
     index = ServerIndex(root / "index")
@@ -256,6 +375,7 @@ def stats(root: Path, as_json: bool) -> None:
         doc: dict[str, object] = dict(index.stats())
         doc["repositories"] = sorted(index.repos())
         doc["stored_bytes"] = sum(loc.stored_size for _, _, loc in index.iter_blobs())
+        doc.update(speculative_figures(index))
     finally:
         index.close()
     if as_json:

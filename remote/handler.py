@@ -5,6 +5,11 @@ payload), so a request is never read past its FINAL frame. Work that hashes, dec
 touches storage runs in a thread pool (BLAKE3, zstd and LMDB release the GIL). Uploads are
 processed batch by batch while the next batch is read, so the network and the CPU overlap
 with at most two batches in memory.
+
+A PutSpeculative request is stored like a push upload, batch by batch, but as one unit: when
+the server refuses a batch (quota, bad bytes), the entries its earlier batches created are
+removed again before the Error goes out (``SpeculativeUpload.abort``). A client that goes away
+mid-request keeps the batches already stored; they expire like any speculative upload.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from dits.protocol import (
     PutChunk,
     PutObject,
     PutResult,
+    PutSpeculative,
     Refs,
     RefsUpdated,
     RemoteError,
@@ -57,6 +63,7 @@ _T = TypeVar("_T")
 _BATCH_BYTES = 8 << 20  # per upload stream, two in flight: bounds server memory
 _READ_BLOCK = 1 << 20
 _request_ids = itertools.count(1)
+_PUTS = (PutChunk, PutObject, PutSpeculative)
 
 
 class RequestHandler:
@@ -183,7 +190,20 @@ class RequestHandler:
             await self._serve_get(session, msg, writer)
         elif isinstance(msg, PutChunk | PutObject):
             session = await self._run(self._session, info)
-            await self._serve_put(session, first, asm, reader, writer, rid)
+            store = svc.put_chunks if isinstance(msg, PutChunk) else svc.put_objects
+            await self._serve_put(session, store, first, asm, reader, writer, rid)
+        elif isinstance(msg, PutSpeculative):
+            session = await self._run(self._session, info)
+            upload = await self._run(svc.speculative_upload, session)
+
+            def store_speculative(_: Session, batch: list[Any]) -> tuple[int, int]:
+                return upload.add(batch)
+
+            try:
+                await self._serve_put(session, store_speculative, first, asm, reader, writer, rid)
+            except RemoteError:
+                await self._run(upload.abort)  # a refused request stores nothing
+                raise
         elif isinstance(msg, UpdateRefs):
             session = await self._run(self._session, info)
             started = time.perf_counter()
@@ -205,7 +225,12 @@ class RequestHandler:
         elif isinstance(msg, Stats):
             session = await self._run(self._session, info)
             session.require(Permission.ADMIN)
-            doc = {"server_id": svc.server_id, **svc.counters, **svc.index.stats()}
+            doc = {
+                "server_id": svc.server_id,
+                **svc.counters,
+                **svc.index.stats(),
+                **svc.speculative_stats(),
+            }
             await self._send(writer, StatsResult(json.dumps(doc)))
         else:
             raise ProtocolViolation(f"{type(msg).__name__} is not a request")
@@ -235,29 +260,33 @@ class RequestHandler:
     async def _serve_put(
         self,
         session: Session,
+        store: Callable[[Session, list[Any]], tuple[int, int]],
         first: list[Message],
         asm: RequestAssembler,
         reader: asyncio.StreamReader,
         writer: StreamWriterLike,
         rid: str,
     ) -> None:
-        svc = self.service
-        store = svc.put_chunks if isinstance(first[0], PutChunk) else svc.put_objects
         batch: list[Any] = list(first)
-        size = sum(len(m.data) for m in batch if isinstance(m, PutChunk | PutObject))
+        size = sum(len(m.data) for m in batch if isinstance(m, _PUTS))
         accepted = new = 0
         pending: asyncio.Future[tuple[int, int]] | None = None
-        while not asm.complete:
-            msgs = await self._read(reader, asm)
-            batch += msgs
-            size += sum(len(m.data) for m in msgs if isinstance(m, PutChunk | PutObject))
-            if size >= _BATCH_BYTES:
-                if pending is not None:
-                    a, n = await pending
-                    accepted, new = accepted + a, new + n
-                loop = asyncio.get_running_loop()
-                pending = loop.run_in_executor(self.pool, store, session, batch)
-                batch, size = [], 0
+        try:
+            while not asm.complete:
+                msgs = await self._read(reader, asm)
+                batch += msgs
+                size += sum(len(m.data) for m in msgs if isinstance(m, _PUTS))
+                if size >= _BATCH_BYTES:
+                    if pending is not None:
+                        a, n = await pending
+                        accepted, new = accepted + a, new + n
+                    loop = asyncio.get_running_loop()
+                    pending = loop.run_in_executor(self.pool, store, session, batch)
+                    batch, size = [], 0
+        except BaseException:
+            if pending is not None:  # let the batch in flight finish before anyone undoes it
+                await asyncio.gather(pending, return_exceptions=True)
+            raise
         if pending is not None:
             a, n = await pending
             accepted, new = accepted + a, new + n

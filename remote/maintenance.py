@@ -1,4 +1,5 @@
-"""`dits-remote fsck`: every permanent byte re-hashed, every repository's closure checked."""
+"""`dits-remote fsck`: every permanent byte re-hashed, every repository's closure checked, and
+the temporary tier's entries checked against its bytes and the speculative quota counters."""
 
 from __future__ import annotations
 
@@ -67,6 +68,7 @@ def server_fsck(service: RemoteService) -> FsckReport:
                 report.problems.append(f"{kind.name.lower()} {short_id(oid)}: wrong bytes")
             elif kind is BlobKind.OBJECT:
                 objects[oid] = plain
+    _check_temp(service, report)
     known = {pack_key(p) for p in by_pack}
     report.orphan_packs = [k for k in service.storage.list("packs/") if k not in known]
     for name, repo_id in service.index.repos().items():
@@ -74,6 +76,23 @@ def server_fsck(service: RemoteService) -> FsckReport:
         for ref, tip in service.index.refs(repo_id).items():
             _walk(service, name, repo_id, ref, tip, objects, report)
     return report
+
+
+def _check_temp(service: RemoteService, report: FsckReport) -> None:
+    """Every temp entry names bytes the temporary store has (RELIABILITY I3), and each
+    token's speculative quota counter equals the sizes of its speculative entries."""
+    named, wrong = service.index.temp_audit()
+    for token, (counted, actual) in sorted(wrong.items()):
+        report.problems.append(
+            f"token {token}: speculative quota counter says {counted} bytes, entries hold {actual}"
+        )
+    lacking = set(named) - service.temp.has_many(named)
+    if lacking:
+        # A server running beside fsck may have swept some since (entry first, then bytes):
+        # only entries that still exist are problems.
+        still = {oid for _, oid, _, _, _ in service.index.iter_temp()} & lacking
+        for oid in sorted(still):
+            report.problems.append(f"temp entry {short_id(oid)} names bytes that are gone")
 
 
 def _walk(

@@ -4,17 +4,24 @@ The asyncio handler (``remote.handler``) decodes frames and calls these methods 
 pool; tests may call them directly. The push protocol follows RELIABILITY.md 2.3:
 
 1. ``have``: answered from the index, scoped to what this caller may read in this repository
-   plus what this uploader already uploaded here (so an interrupted push resumes).
+   plus what this uploader already uploaded here, pushed or speculatively (so an interrupted
+   push resumes, and the agent's uploads count). A temp entry the answer counts is pinned for
+   the pin lease in the same write transaction (``ServerIndex.have_and_pin``).
 2. ``put_chunks`` / ``put_objects``: every byte is decompressed under a cap and re-hashed, even
    when the server already holds that id; then written to the temporary store, made durable,
    and only then recorded as this uploader's temp entry. Concurrent batches share one flush
    (``remote.group_commit``); a batch is answered only after the flush that covers it.
 3. ``update_refs``: fast-forward check, connectivity check from each new tip (a walk that stops
-   at what the repository can already see), promotion of the walked temp blobs into permanent
+   at what the repository can already see), one write transaction that re-checks and pins
+   every temp blob of the walk for the promotion lease (gone ones: ``MISSING_OBJECTS``, the
+   client sends them again), promotion of the walked temp blobs into permanent
    storage as pack objects (create-only, durable), then one durable index transaction that
    records the locations, makes the closure visible and moves every ref by compare-and-swap.
    A crash before that transaction leaves at most unreferenced pack objects (``fsck`` lists
    them); a crash after it loses nothing.
+
+Speculative uploads (``put_speculative``) are in ``remote.speculative``, their expiry in
+``remote.gc``. Every time decision uses ``self.clock`` (``remote.clock``), never a client's.
 """
 
 from __future__ import annotations
@@ -22,8 +29,7 @@ from __future__ import annotations
 import logging
 import secrets
 import threading
-import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,17 +56,29 @@ from dits.protocol import (
     Permission,
     PutChunk,
     PutObject,
+    PutSpeculative,
     RefChange,
+    RemoteError,
     decode_chunk_data,
     verify_chunk,
 )
 from dits.store.lmdb import LmdbEnvironment
 from dits.store.packs import PACK_TARGET_SIZE, PackBlobStore, PackLocation
+from remote.bytes_lock import TempBytesLock
+from remote.clock import Clock, ServerClock
 from remote.group_commit import GroupCommit
 from remote.index import BlobLocation, RefCas, ServerIndex, uploader_key
+from remote.speculative import SpeculativePolicy, SpeculativeUpload
 from remote.storage import PermanentStorage, StorageNotFoundError
 
-__all__ = ["PACK_SIZE", "PushReport", "RemoteService", "Session", "pack_key"]
+__all__ = [
+    "PACK_SIZE",
+    "PushReport",
+    "RemoteService",
+    "Session",
+    "pack_key",
+    "speculative_figures",
+]
 
 log = logging.getLogger("dits.remote")
 
@@ -69,6 +87,7 @@ _RECORD_HEAD = 36  # id + u32 stored length, as in client packs
 _LINK_MIN_BYTES = 32 << 20  # below this, promotion copies out of the open temp pack instead
 _READ_BYTES = 8 << 20  # adjacent records are read together up to this much
 _REF_PREFIX = "refs/heads/"
+_RELEASE_WAIT = 0.2  # a push waits this long for uploads to let go of the temp-bytes lock
 
 
 @dataclass
@@ -115,11 +134,15 @@ class RemoteService:
         limits: Limits | None = None,
         server_id: str = "dits-remote",
         temp_pack_size: int = PACK_TARGET_SIZE,
+        policy: SpeculativePolicy | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self.root = root
         self.limits = limits or Limits()
         self.server_id = server_id
+        self.policy = policy or SpeculativePolicy()
         self.index = ServerIndex(root / "index")
+        self.clock: Clock = clock or ServerClock(self.index.load_clock())
         self.temp_env = LmdbEnvironment(root / "temp")
         self.temp = PackBlobStore(
             self.temp_env,
@@ -129,21 +152,25 @@ class RemoteService:
         )
         self.storage = storage
         self.tokens = tokens
-        self._temp_commit: GroupCommit[tuple[int, bytes, BlobKind, ObjectId]] = GroupCommit(
+        self.temp_bytes_lock = TempBytesLock(root / "temp" / "bytes.lock")
+        self._temp_commit: GroupCommit[tuple[int, bytes, BlobKind, ObjectId, int]] = GroupCommit(
             self._commit_temp
         )
-        self._promote_lock = threading.Lock()
+        # One promotion at a time in this process; GC sweeps take it too (remote.gc).
+        self.promote_lock = threading.Lock()
         self._pack_buffers: list[bytearray] = []  # reused by every promotion (under the lock)
         self.counters: dict[str, int] = {
             "chunks_received": 0,
             "bytes_received": 0,
             "objects_received": 0,
+            "speculative_chunks_received": 0,
             "pushes": 0,
             "blobs_served": 0,
             "bytes_served": 0,
         }
 
     def close(self) -> None:
+        self.index.save_clock(self.clock.now())
         self.temp.close()
         self.temp_env.close()
         self.index.close()
@@ -179,8 +206,13 @@ class RemoteService:
         return self.index.refs(session.repo_id, prefix)
 
     def have(self, session: Session, kind: BlobKind, ids: tuple[ObjectId, ...]) -> list[bool]:
+        """Per id: may this caller take it as present? Temp entries counted are pinned for
+        ``policy.pin_lease`` in the same transaction as the answer (RELIABILITY rule 1)."""
         session.require(Permission.READ)
-        return self.index.have(session.repo_id, session.uploader, kind, ids)
+        now = self.clock.now()
+        return self.index.have_and_pin(
+            session.repo_id, session.uploader, kind, ids, now, now + self.policy.pin_lease
+        )
 
     def get(self, session: Session, kind: BlobKind, ids: tuple[ObjectId, ...]) -> Iterator[Blob]:
         """Blobs in request order, read lazily; records that touch in one pack are read with one
@@ -262,28 +294,67 @@ class RemoteService:
             items.append((msg.id, msg.data))
         return self._store_temp(session, BlobKind.OBJECT, items)
 
+    def speculative_upload(self, session: Session) -> SpeculativeUpload:
+        """Start one PutSpeculative request (its batches go through ``add``)."""
+        session.require(Permission.WRITE)
+        return SpeculativeUpload(self, session)
+
+    def put_speculative(self, session: Session, msgs: list[PutSpeculative]) -> tuple[int, int]:
+        """A whole PutSpeculative request in one batch. Returns (accepted, new).
+
+        Raises:
+            QuotaExceededError: the token's speculative quota is full; nothing stored.
+            HashMismatchError / TooLargeError: a bad chunk; nothing stored.
+        """
+        upload = self.speculative_upload(session)
+        try:
+            return upload.add(msgs)
+        except RemoteError:
+            upload.abort()
+            raise
+
     def _store_temp(
         self, session: Session, kind: BlobKind, items: list[tuple[ObjectId, bytes | memoryview]]
     ) -> tuple[int, int]:
         if not items:
             return 0, 0
-        already = self.index.have(session.repo_id, session.uploader, kind, [i for i, _ in items])
+        ids = [i for i, _ in items]
+        already = self.index.present(session.repo_id, session.uploader, kind, ids)
         fresh = [item for item, have in zip(items, already, strict=True) if not have]
         if fresh:
-            self.temp.put_many(fresh)
-            self._temp_commit.submit(
-                [(session.repo_id, session.uploader, kind, i) for i, _ in fresh]
-            )
+            with self.temp_bytes_lock.shared():  # until the entries commit (remote.bytes_lock)
+                self.temp.put_many(fresh)
+                self._temp_commit.submit(
+                    [(session.repo_id, session.uploader, kind, i, len(d)) for i, d in fresh]
+                )
         key = "chunks_received" if kind is BlobKind.CHUNK else "objects_received"
         self.counters[key] += len(items)
         self.counters["bytes_received"] += sum(len(d) for _, d in items)
         return len(items), len(fresh)
 
-    def _commit_temp(self, entries: list[tuple[int, bytes, BlobKind, ObjectId]]) -> None:
+    def flush_temp(self) -> None:
+        """Make every temp byte written so far durable, sharing the push uploads' flush."""
+        self._temp_commit.submit([])
+
+    def _commit_temp(self, entries: list[tuple[int, bytes, BlobKind, ObjectId, int]]) -> None:
         """One flush for every upload batch that arrived since the last: bytes first, then
         the entries that promise them (called by the group commit's leader thread)."""
         self.temp_env.durable()
-        self.index.add_temp(entries)
+        if entries:
+            self.index.add_temp(entries, self.clock.now())
+
+    def release_temp_bytes(self, ids: Iterable[ObjectId], *, wait: float) -> int:
+        """Delete the temp bytes of ``ids`` that no temp entry names, checked again under the
+        exclusive temp-bytes lock (``remote.bytes_lock``). Returns how many went; 0 when the
+        lock stayed busy for ``wait`` seconds (``gc`` removes such orphans later)."""
+        wanted = list(dict.fromkeys(ids))
+        if not wanted:
+            return 0
+        with self.temp_bytes_lock.exclusive(wait) as held:
+            if not held:
+                log.info("temp bytes of %d blobs left for gc (uploads busy)", len(wanted))
+                return 0
+            return self.temp.delete_many(self.index.unheld(wanted))
 
     # -- ref updates -----------------------------------------------------------------------------
 
@@ -307,15 +378,28 @@ class RemoteService:
                     f"{change.name} is not where you last saw it; pull and push again",
                     ref=change.name,
                 )
-        with self._promote_lock:
+        with self.promote_lock:
             walk = _Walk(self, session)
             for change in changes:
                 if change.new is not None:
                     walk.reach(change.new)
+            if not walk.missing and walk.temp_items:
+                # Re-check and pin in one transaction: what the walk (or an earlier "have")
+                # saw may have expired since; nothing pinned here is swept before promotion.
+                now = self.clock.now()
+                gone = self.index.pin_temp(
+                    session.repo_id,
+                    session.uploader,
+                    walk.temp_items,
+                    now,
+                    now + self.policy.promotion_lease,
+                )
+                walk.missing.update(gone)
             if walk.missing:
                 missing = sorted(walk.missing)
                 raise MissingObjectsError(
-                    f"the push is incomplete: {len(missing)} objects or chunks are missing",
+                    f"the push is incomplete: {len(missing)} objects or chunks are missing "
+                    "(expired or never uploaded); push again to send them",
                     ids=missing[:1000],
                 )
             for change in changes:
@@ -355,7 +439,7 @@ class RemoteService:
             session.repo_id, session.uploader, placed, walk.temp_items, cas
         )
         if report.released:
-            self.temp.delete_many([oid for _, oid in report.released])
+            self.release_temp_bytes([oid for _, oid in report.released], wait=_RELEASE_WAIT)
         return report
 
     def _link_final_temp_packs(
@@ -408,10 +492,11 @@ class RemoteService:
         return rest
 
     def expire_temp(self, max_age: float) -> dict[str, int]:
-        """Forget uploads older than ``max_age`` seconds that no push promoted (abandoned
-        pushes), free their temp bytes and repack the temp tier."""
-        dropped, orphaned = self.index.expire_temp(time.time() - max_age)
-        removed = self.temp.delete_many([oid for _, oid in orphaned]) if orphaned else 0
+        """Forget push uploads untouched for ``max_age`` seconds that no push promoted
+        (abandoned pushes), free their temp bytes and repack the temp tier. Speculative
+        uploads expire through ``remote.gc`` instead."""
+        dropped, orphaned = self.index.expire_temp(self.clock.now(), max_age)
+        removed = self.release_temp_bytes([oid for _, oid in orphaned], wait=5.0)
         repacked = self.temp.repack()
         return {
             "entries_expired": dropped,
@@ -422,6 +507,26 @@ class RemoteService:
     def temp_maintenance(self) -> None:
         """Give back the space of promoted temp blobs (run after pushes and by gc)."""
         self.temp.repack()
+
+    def speculative_stats(self) -> dict[str, object]:
+        """The speculative tier's figures (``dits-remote stats``, the Stats message)."""
+        return speculative_figures(self.index)
+
+
+def speculative_figures(index: ServerIndex) -> dict[str, object]:
+    """Bytes held, promoted, expired and uploaded, the hit rate (promoted / uploaded: how
+    much of what the agents pre-uploaded a push later used), and the bytes per token."""
+    figures, per_token = index.speculative_figures()
+    return {
+        "speculative_bytes_held": figures.held,
+        "speculative_bytes_uploaded": figures.uploaded,
+        "speculative_bytes_promoted": figures.promoted,
+        "speculative_bytes_expired": figures.expired,
+        "speculative_hit_rate": (
+            round(figures.promoted / figures.uploaded, 4) if figures.uploaded else None
+        ),
+        "speculative_held_by_token": per_token,
+    }
 
 
 class _PackWriter:
@@ -570,7 +675,7 @@ class _Walk:
 
     def _chunks(self, ids: list[ObjectId]) -> None:
         s = self.session
-        present = self.service.index.have(s.repo_id, s.uploader, BlobKind.CHUNK, ids)
+        present = self.service.index.present(s.repo_id, s.uploader, BlobKind.CHUNK, ids)
         with self.service.index.read() as txn:
             for oid, have in zip(ids, present, strict=True):
                 if not have:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import weakref
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from dits import __version__
@@ -31,6 +31,7 @@ from dits.protocol import (
     PutChunk,
     PutObject,
     PutResult,
+    PutSpeculative,
     RefChange,
     Refs,
     RefsUpdated,
@@ -43,7 +44,10 @@ from dits.protocol import (
 from dits.remotes import KnownHosts, RemoteSpec
 from dits.transport import Connection, StreamWriterLike, connect
 
-__all__ = ["RemoteSession", "open_session"]
+__all__ = ["PACE_SLICE", "RemoteSession", "open_session"]
+
+PACE_SLICE = 64 * 1024
+"""``put_speculative`` with ``pace`` writes at most this many bytes per ``pace`` call."""
 
 
 @dataclass
@@ -133,6 +137,51 @@ class RemoteSession:
         assert isinstance(result, PutResult)
         return result
 
+    async def put_speculative(
+        self,
+        chunks: Sequence[PutChunk],
+        *,
+        pace: Callable[[int], Awaitable[None]] | None = None,
+    ) -> PutResult:
+        """Upload ``chunks`` ahead of a push, as one PutSpeculative request.
+
+        The server keeps them private to this token in this repository until a push that
+        reaches them promotes them, and may expire them (docs/protocol.md). A refused request
+        stores nothing.
+
+        Args:
+            chunks: the chunks, as a push would send them (RAW or their stored zstd frame).
+            pace: when given, the encoded request is written in slices of at most
+                ``PACE_SLICE`` bytes and ``await pace(len(slice))`` runs before each one (a
+                token bucket behind it keeps a bandwidth cap smooth).
+
+        Returns:
+            The server's PutResult (``stored_new``: chunks it did not hold for us yet).
+
+        Raises:
+            QuotaExceededError: the token's speculative quota is full (or the server takes
+                no speculative uploads).
+            ForbiddenError: the token may not write to this repository.
+            HashMismatchError / TooLargeError: a chunk is wrong (a bug in the caller).
+        """
+        if not chunks:
+            return PutResult(0, 0)
+        msgs = [PutSpeculative.of(c) for c in chunks]
+        if pace is None:
+            (result,) = await self.request(msgs)
+        else:
+            stream = await self._open()
+            try:
+                self.bytes_sent += await _send_paced(stream, msgs, self.limits.max_payload, pace)
+                stream.writer.write_eof()
+                (result,) = await self._receive(stream, msgs[0])
+            except BaseException:
+                stream.writer.abort()
+                raise
+            stream.writer.close()
+        assert isinstance(result, PutResult)
+        return result
+
     async def get(self, kind: BlobKind, ids: Sequence[ObjectId]) -> AsyncIterator[Blob]:
         """Stream the blobs of ``ids`` in order (one request)."""
         request = Get(kind, tuple(ids))
@@ -177,6 +226,28 @@ async def _send(stream: _Stream, msgs: Sequence[Message], max_payload: int) -> i
             stream.writer.write(buf)
             sent += memoryview(buf).nbytes
         await stream.writer.drain()
+    return sent
+
+
+async def _send_paced(
+    stream: _Stream,
+    msgs: Sequence[Message],
+    max_payload: int,
+    pace: Callable[[int], Awaitable[None]],
+) -> int:
+    sent = 0
+    last = len(msgs) - 1
+    for i, msg in enumerate(msgs):
+        for buf in encode_message(msg, final=i == last, max_payload=max_payload):
+            view = memoryview(buf)
+            if view.format != "B" or view.ndim != 1:
+                view = view.cast("B")
+            for start in range(0, view.nbytes, PACE_SLICE):
+                piece = view[start : start + PACE_SLICE]
+                await pace(piece.nbytes)  # before the write: the bucket decides when it goes
+                stream.writer.write(piece)
+                await stream.writer.drain()
+                sent += piece.nbytes
     return sent
 
 

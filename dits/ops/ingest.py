@@ -305,7 +305,9 @@ class Ingestor:
                     read_total += filled
                     window = view[start : head + filled]
                     cut_ends = chunker.cuts(window, window_start, eof)
-                    starts = [window_start, *cut_ends[:-1]]
+                    # No cut in a window is legal (a container box larger than the window
+                    # defers its cuts); then everything is carried into the next one.
+                    starts = [window_start, *cut_ends[:-1]] if cut_ends else []
                     chunk_views = [
                         window[s - window_start : e - window_start]
                         for s, e in zip(starts, cut_ends, strict=True)

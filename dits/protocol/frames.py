@@ -71,6 +71,7 @@ class FrameType(IntEnum):
     REFS_UPDATED = 0x1B
     STATS = 0x1C
     STATS_RESULT = 0x1D
+    PUT_SPECULATIVE = 0x1E
     PING = 0x20
     PONG = 0x21
     ERROR = 0x7F

@@ -71,6 +71,7 @@ __all__ = [
     "PutChunk",
     "PutObject",
     "PutResult",
+    "PutSpeculative",
     "RefChange",
     "Refs",
     "RefsUpdated",
@@ -698,6 +699,50 @@ class PutChunk(_Message):
 
 
 @dataclass(frozen=True, slots=True)
+class PutSpeculative(_Message):
+    """0x1E: one chunk uploaded ahead of a push (the background agent); PutChunk's layout.
+
+    A speculative request is one or more PutSpeculative frames, the last FINAL, answered by
+    PutResult. The server keeps the chunk private to this token in this repository until a
+    push promotes it, counts it against the token's speculative quota, and may expire it
+    (docs/protocol.md, "Speculative uploads"). Deliberately not a PutChunk subclass: code that
+    handles push uploads must never take a speculative one for one.
+
+    Attributes:
+        id: BLAKE3 of the plain bytes (the server re-hashes).
+        encoding: RAW (``data`` is the plain bytes) or ZSTD (one zstd frame).
+        plain_size: the plain length (at most ``Limits.max_chunk_size``).
+        data: the rest of the payload. A chunk never spans frames.
+    """
+
+    TYPE: ClassVar[FrameType] = FrameType.PUT_SPECULATIVE
+    id: ObjectId
+    encoding: Encoding
+    plain_size: int
+    data: Buffer
+
+    @classmethod
+    def of(cls, chunk: PutChunk) -> Self:
+        """The same chunk as a speculative upload (the bytes are shared, not copied)."""
+        return cls(chunk.id, chunk.encoding, chunk.plain_size, chunk.data)
+
+    def encode_parts(self) -> list[Buffer]:
+        _check_sizes(self.encoding, self.plain_size, memoryview(self.data).nbytes, ValueError)
+        head = _PUT_CHUNK_HEAD.pack(_check_id(self.id), Encoding(self.encoding), self.plain_size)
+        return [head, self.data]
+
+    @classmethod
+    def decode(cls, payload: Buffer) -> Self:
+        """Decode a payload (``data`` is a view of it). Raises ProtocolViolation if malformed."""
+        r = _Reader(payload, "PutSpeculative")
+        oid, enc, plain_size = _PUT_CHUNK_HEAD.unpack(r.take(_PUT_CHUNK_HEAD.size))
+        encoding = r.enum(Encoding, enc)
+        data = r.rest()
+        _check_sizes(encoding, plain_size, len(data), r.fail)
+        return cls(ObjectId(oid), encoding, plain_size, data)
+
+
+@dataclass(frozen=True, slots=True)
 class PutObject(_Message):
     """0x16: one object's canonical encoding (dits.core.codec); the server re-hashes it.
 
@@ -1006,6 +1051,7 @@ Message = (
     | PutChunk
     | PutResult
     | PutObject
+    | PutSpeculative
     | Get
     | Blob
     | UpdateRefs
@@ -1030,6 +1076,7 @@ _DECODERS: dict[FrameType, Callable[[Buffer], Message]] = {
         PutChunk,
         PutResult,
         PutObject,
+        PutSpeculative,
         Get,
         Blob,
         UpdateRefs,
@@ -1079,7 +1126,8 @@ def encode_message(msg: Message, *, final: bool, max_payload: int) -> list[Buffe
     parts = msg.encode_parts()
     size = sum(memoryview(p).nbytes for p in parts)
     if size <= max_payload:
-        if isinstance(msg, PutChunk | PutObject | Blob):  # parts = [head, data]: keep data apart
+        # parts = [head, data]: keep data apart
+        if isinstance(msg, PutChunk | PutObject | Blob | PutSpeculative):
             out: list[Buffer] = [frame_header(msg.TYPE, size, final) + parts[0]]
             if memoryview(parts[1]).nbytes:
                 out.append(parts[1])
@@ -1115,7 +1163,9 @@ def _window_cap(max_size: int) -> int:
     return 1 << max(20, (max_size - 1).bit_length())
 
 
-def decode_chunk_data(msg: PutChunk | Blob, max_chunk_size: int) -> bytes | memoryview:
+def decode_chunk_data(
+    msg: PutChunk | Blob | PutSpeculative, max_chunk_size: int
+) -> bytes | memoryview:
     """Return the plain bytes of a received PutChunk or Blob, never allocating beyond the cap.
 
     Not verified yet: call ``verify_chunk`` (objects too: an object id is also BLAKE3 of its

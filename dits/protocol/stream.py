@@ -4,9 +4,9 @@ Theory of operation. A stream carries exactly one request (client to server) and
 (server to client). Each side runs one object per stream and feeds it the bytes it reads:
 
 * ``RequestAssembler`` (server side) decodes a request: its first frame fixes the kind; a
-  put request (PutChunk or PutObject) may hold many messages, every other request is exactly
-  one frame. Messages come out as they complete, so a put streams through without the whole
-  request being buffered.
+  put request (PutChunk, PutObject or PutSpeculative) may hold many messages, every other
+  request is exactly one frame. Messages come out as they complete, so a put streams through
+  without the whole request being buffered.
 * ``ResponseReader`` (client side) decodes the response to a request it knows, and checks it
   against that request: the right message type, the same kind and count in a HaveResult, one
   Blob per requested id in request order, the echoed ping nonce, a version the client offered.
@@ -45,6 +45,7 @@ from dits.protocol.messages import (
     Pong,
     PutChunk,
     PutObject,
+    PutSpeculative,
     RefsUpdated,
     UpdateRefs,
     Welcome,
@@ -71,6 +72,7 @@ REQUEST_TYPES: dict[FrameType, frozenset[FrameType]] = {
     FrameType.UPDATE_REFS: frozenset({FrameType.REFS_UPDATED}),
     FrameType.STATS: frozenset({FrameType.STATS_RESULT}),
     FrameType.PING: frozenset({FrameType.PONG}),
+    FrameType.PUT_SPECULATIVE: frozenset({FrameType.PUT_RESULT}),
 }
 """Request frame type -> the success message types of its response (Error is always allowed)."""
 
@@ -78,7 +80,9 @@ RESPONSE_TYPES: frozenset[FrameType] = frozenset(
     {t for types in REQUEST_TYPES.values() for t in types} | {FrameType.ERROR}
 )
 
-_MULTI_MESSAGE = frozenset({FrameType.PUT_CHUNK, FrameType.PUT_OBJECT, FrameType.BLOB})
+_MULTI_MESSAGE = frozenset(
+    {FrameType.PUT_CHUNK, FrameType.PUT_OBJECT, FrameType.BLOB, FrameType.PUT_SPECULATIVE}
+)
 _SPANNING = frozenset({FrameType.PUT_OBJECT, FrameType.BLOB})
 
 
@@ -235,7 +239,7 @@ class RequestAssembler(_MessageStream):
             raise TooLargeError(f"{len(msg.ids)} ids exceed max_batch {lim.max_batch}")
         if isinstance(msg, UpdateRefs) and len(msg.changes) > lim.max_batch:
             raise TooLargeError(f"{len(msg.changes)} ref changes exceed max_batch {lim.max_batch}")
-        if isinstance(msg, PutChunk) and msg.plain_size > lim.max_chunk_size:
+        if isinstance(msg, PutChunk | PutSpeculative) and msg.plain_size > lim.max_chunk_size:
             raise TooLargeError(
                 f"chunk of {msg.plain_size} bytes exceeds max_chunk_size {lim.max_chunk_size}",
                 ids=[msg.id],
@@ -344,7 +348,8 @@ def encode_request(messages: Iterable[Message], *, max_payload: int) -> list[Buf
     the last one).
 
     Args:
-        messages: one request message, or one or more PutChunk, or one or more PutObject.
+        messages: one request message, or one or more PutChunk, PutObject or PutSpeculative
+            (one type per request).
         max_payload: the server's ``Limits.max_payload``.
 
     Raises:

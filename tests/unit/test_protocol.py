@@ -48,6 +48,7 @@ from dits.protocol import (
     PutChunk,
     PutObject,
     PutResult,
+    PutSpeculative,
     RefChange,
     Refs,
     RefsUpdated,
@@ -142,6 +143,18 @@ def test_put_chunk_and_blob_golden_bytes() -> None:
     assert PutChunk(A, Encoding.RAW, 3, b"xyz").encode() == A + b"\x00" + u32(3) + b"xyz"
     assert Blob(A, Encoding.RAW, 3, b"xyz").encode() == A + b"\x00" + u32(3) + u32(3) + b"xyz"
     assert PutObject(A, b"obj").encode() == A + u32(3) + b"obj"
+
+
+def test_put_speculative_golden_bytes() -> None:
+    msg = PutSpeculative(A, Encoding.RAW, 3, b"xyz")
+    assert msg.encode() == A + b"\x00" + u32(3) + b"xyz"  # PutChunk's layout
+    assert frames_of(msg) == b"\x1e\x01\x00\x00" + u32(40) + A + b"\x00" + u32(3) + b"xyz"
+    assert frames_of(msg, final=False)[:2] == b"\x1e\x00"
+    frame = zstandard.ZstdCompressor().compress(b"abc" * 100)
+    zstd = PutSpeculative(A, Encoding.ZSTD, 300, frame)
+    assert zstd.encode() == A + b"\x01" + u32(300) + frame
+    chunk = PutChunk(A, Encoding.ZSTD, 300, frame)
+    assert PutSpeculative.of(chunk) == zstd and frames_of(chunk)[1:] == frames_of(zstd)[1:]
 
 
 def test_update_refs_and_error_golden_bytes() -> None:
@@ -879,3 +892,47 @@ def test_protocol_imports_without_network_modules() -> None:
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+# --- PutSpeculative (0x1E) ------------------------------------------------------------------
+
+
+@given(chunk_fields())
+def test_put_speculative_round_trips_and_is_not_a_put_chunk(
+    fields: tuple[ObjectId, Encoding, int, bytes],
+) -> None:
+    msg = PutSpeculative(*fields)
+    assert PutSpeculative.decode(msg.encode()) == msg
+    (frame,) = FrameDecoder(MAXP).feed(frames_of(msg))
+    assert frame.type is FrameType.PUT_SPECULATIVE and decode_message(frame) == msg
+    assert not isinstance(decode_message(frame), PutChunk)
+    payload = msg.encode()
+    for cut in range(len(payload)):
+        try:
+            shorter = PutSpeculative.decode(payload[:cut])
+        except ProtocolViolation:
+            continue
+        assert shorter != msg  # only the data, the last field, may come out shorter
+
+
+def test_put_speculative_request_is_a_put_of_its_own_kind() -> None:
+    chunks = [PutSpeculative(hash_bytes(bytes([n])), Encoding.RAW, 1, bytes([n])) for n in range(4)]
+    data = join(encode_request(chunks, max_payload=MAXP))
+    asm = RequestAssembler(LIMITS)
+    assert asm.feed(data) == chunks and asm.complete and asm.kind is FrameType.PUT_SPECULATIVE
+    assert REQUEST_TYPES[FrameType.PUT_SPECULATIVE] == {FrameType.PUT_RESULT}
+    push = PutChunk(A, Encoding.RAW, 1, b"a")
+    assert "in a PUT_SPECULATIVE request" in pv(frames_of(chunks[0], final=False) + frames_of(push))
+    assert "in a PUT_CHUNK request" in pv(frames_of(push, final=False) + frames_of(chunks[0]))
+    with pytest.raises(ValueError):
+        encode_request([chunks[0], push], max_payload=MAXP)
+    big = PutSpeculative(A, Encoding.RAW, 2000, bytes(2000))
+    assert "max_chunk_size" in pv(frames_of(big), Limits(max_chunk_size=1999))
+    assert decode_chunk_data(chunks[1], LIMITS.max_chunk_size) == b"\x01"
+    with pytest.raises(TooLargeError):
+        decode_chunk_data(big, 1999)
+    assert read(chunks[0], frames_of(PutResult(4, 2))) == [PutResult(4, 2)]
+    quota = Error(ErrorCode.QUOTA_EXCEEDED, "full")
+    assert read(chunks[0], frames_of(quota)) == [quota]
+    with pytest.raises(ProtocolViolation, match="in the response to PUT_SPECULATIVE"):
+        read(chunks[0], frames_of(RefsUpdated(1)))
