@@ -4,8 +4,10 @@ Creates a sample media project (a synthetic video container, an image sequence, 
 file), commits it, starts a local ``dits-remote`` (embedded defaults: a local folder, a
 self-signed certificate, QUIC on 127.0.0.1) and pushes; then makes an editor's typical change (a
 few seconds re-rendered in the middle of the video, one frame re-graded, the project file
-saved), commits and pushes again, reports what the second commit stored and sent versus what it
-reused, clones the repository into a second folder and checks the files are identical.
+saved), pre-uploads the edit as the speculative agent would (`speculative sync`), commits
+(taking the agent's manifests instead of re-reading the files) and pushes again, reports what
+the second commit stored and sent versus what it reused, clones the repository into a second
+folder and checks the files are identical.
 """
 
 from __future__ import annotations
@@ -29,6 +31,9 @@ from dits.ops.maintenance import fsck
 from dits.ops.sync import clone, push
 from dits.remotes import KnownHosts, add_remote
 from dits.repository import Repository
+from dits.speculative.control import AgentPaths
+from dits.speculative.oneshot import sync_folder
+from dits.store.speculative import SpeculativeCache
 
 
 @contextmanager
@@ -139,8 +144,17 @@ def demo_cmd(ctx: Ctx, directory: Path | None, size_mb: int, as_json: bool) -> N
             f"{human_bytes(push1.bytes_sent)} in {push1.seconds:.2f} s",
         )
         edit_project(root)
+        # What the background agent does while the editor saves: chunk and pre-upload.
+        presync = sync_folder(repo, root, "origin", known_hosts=hosts)
+        say(
+            ctx,
+            f"speculative sync of the edited project: {presync.chunks_uploaded} new chunks "
+            f"({human_bytes(presync.bytes_uploaded)}) pre-uploaded, "
+            f"{presync.chunks_skipped} already on the server",
+        )
         t2 = time.perf_counter()
-        second = add_paths(repo, [""])
+        with SpeculativeCache(AgentPaths(repo.dits_dir).cache) as cache:
+            second = add_paths(repo, [""], known=cache.manifest_for)
         t3 = time.perf_counter()
         message = "Re-rendered the middle, regraded a frame"
         c2 = commit(repo, message, now=int(time.time()), tz_offset_min=0, name=name, email=email)
@@ -155,17 +169,19 @@ def demo_cmd(ctx: Ctx, directory: Path | None, size_mb: int, as_json: bool) -> N
             )
         say(
             ctx,
-            f"commit 2 {c2.oid.hex()[:12]}: {len(second.modified)} files changed; stored "
-            f"{human_bytes(second.stats.new_bytes)} new for {human_bytes(total)} of changed files "
-            f"({100 * (1 - changed / max(total, 1)):.1f}% reused), in {t3 - t2:.2f} s",
+            f"commit 2 {c2.oid.hex()[:12]}: {len(second.modified)} files changed, "
+            f"{human_bytes(changed)} new for {human_bytes(total)} of changed files "
+            f"({100 * (1 - changed / max(total, 1)):.1f}% reused); added in {t3 - t2:.2f} s, "
+            f"{len(second.from_agent)} of them from the agent's manifests without re-reading",
         )
         push2 = push(repo, known_hosts=hosts)
         pct = 100 * push2.chunks_present / max(push2.chunks_total, 1)
         say(
             ctx,
             f"push 2: {push2.chunks_present} of {push2.chunks_total} chunks already on server "
-            f"({pct:.1f}%); sent {push2.chunks_sent} chunks, {human_bytes(push2.bytes_sent)} "
-            f"in {push2.seconds:.2f} s",
+            f"({pct:.1f}%, {human_bytes(push2.bytes_skipped)} pre-synced); sent "
+            f"{push2.chunks_sent} chunks, {human_bytes(push2.bytes_sent)} in "
+            f"{push2.seconds:.2f} s",
         )
         check = fsck(repo)
         say(
@@ -196,6 +212,8 @@ def demo_cmd(ctx: Ctx, directory: Path | None, size_mb: int, as_json: bool) -> N
                 "store_bytes_at_rest": stats.stored_bytes,
                 "fsck_clean": check.clean,
                 "push1": push1.to_json(),
+                "speculative_sync": presync.to_json(),
+                "second_add_files_from_agent": len(second.from_agent),
                 "push2": push2.to_json(),
                 "clone": fetched.to_json(),
                 "clone_identical": identical,

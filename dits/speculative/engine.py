@@ -249,10 +249,9 @@ class Agent:
         made then could not be recorded for instant add (a write in the same timestamp tick
         would go unnoticed), so wait out the rest of the window first."""
         try:
-            age = time.time() - path.stat().st_mtime_ns / 1e9
+            wait = self.stager.racy_wait(path.stat())
         except OSError:
             return  # gone: the watcher reports the deletion
-        wait = self.stager.racy_window - age
         if wait > 0 and self._loop is not None:
             self._loop.call_later(wait + 0.01, self._schedule, path, "final")
         else:

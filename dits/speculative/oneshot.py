@@ -19,7 +19,7 @@ from dits.core.objects import Manifest
 from dits.errors import DitsError
 from dits.ops.ingest import Ingestor
 from dits.protocol import BlobKind
-from dits.remotes import RemoteSpec, get_remote
+from dits.remotes import KnownHosts, RemoteSpec, get_remote
 from dits.repository import Repository
 from dits.speculative.config import SpeculativeConfig
 from dits.speculative.control import AgentPaths
@@ -73,6 +73,7 @@ def sync_folder(
     max_bandwidth: int = 0,
     on_total: Progress | None = None,
     on_bytes: Progress | None = None,
+    known_hosts: KnownHosts | None = None,
 ) -> SyncResult:
     """Stage every file under ``folder`` into the local store and pre-upload its chunks.
 
@@ -99,6 +100,7 @@ def sync_folder(
             max_bandwidth=max_bandwidth,
             workers=cfg.workers,
             chunk_ttl=cfg.chunk_ttl,
+            known_hosts=known_hosts,
         )
         if on_bytes is not None:
             uploader.on_uploaded = lambda _chunks, nbytes: on_bytes(nbytes)

@@ -33,10 +33,25 @@ from dits.store.speculative import SpeculativeCache
 
 __all__ = ["GrowingFile", "StagedFile", "Stager", "make_chunks_durable"]
 
-RACY_WINDOW: Final = 1.0
+RACY_WINDOW: Final = 2.0
 """Seconds: a file modified this recently is staged but its manifest is not recorded. Within
 one file-system timestamp tick a second write of the same size would keep size, mtime and
-inode, and the recorded manifest would describe bytes that are gone (git's "racy clean")."""
+inode, and the recorded manifest would describe bytes that are gone (git's "racy clean").
+This is the window for file systems that keep whole seconds (FAT keeps two); see
+``racy_window_for``."""
+
+FINE_RACY_WINDOW: Final = 0.05
+"""Seconds, for file systems with sub-second timestamps: Linux stamps mtimes from its coarse
+clock, one scheduler tick (1-10 ms) behind; 50 ms is several ticks."""
+
+
+def racy_window_for(st: os.stat_result) -> float:
+    """How old ``st``'s mtime must be before a manifest of the file can be trusted later.
+
+    An mtime with a non-zero sub-second part comes from a file system with fine timestamps;
+    a whole-second one is treated as coarse (rarely, a fine one lands exactly on a second:
+    then we only wait longer than needed)."""
+    return FINE_RACY_WINDOW if st.st_mtime_ns % 1_000_000_000 else RACY_WINDOW
 
 _UNBOUNDED_SIZE: Final = 1 << 62  # "the final size, whatever it is" for profile probing
 
@@ -100,7 +115,7 @@ class Stager:
     Args:
         repo: the repository whose local store receives the chunks.
         cache: where manifests are recorded for instant add.
-        racy_window: see ``RACY_WINDOW``.
+        racy_window: a fixed window for every file (tests); default: ``racy_window_for``.
         clock: wall-clock seconds (compared with file mtimes).
     """
 
@@ -109,13 +124,18 @@ class Stager:
         repo: Repository,
         cache: SpeculativeCache,
         *,
-        racy_window: float = RACY_WINDOW,
+        racy_window: float | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.repo = repo
         self.cache = cache
         self.racy_window = racy_window
         self.clock = clock
+
+    def racy_wait(self, st: os.stat_result) -> float:
+        """Seconds until a manifest of the file as ``st`` describes it may be recorded."""
+        window = self.racy_window if self.racy_window is not None else racy_window_for(st)
+        return window - (self.clock() - st.st_mtime_ns / 1e9)
 
     def stage_file(self, path: str | os.PathLike[str]) -> StagedFile:
         """Chunk and store one complete regular file; record its manifest.
@@ -145,7 +165,7 @@ class Stager:
             ingestor.flush()
             stats = ingestor.stats
         make_chunks_durable(self.repo)
-        recorded = self.clock() - st.st_mtime_ns / 1e9 >= self.racy_window
+        recorded = self.racy_wait(st) <= 0
         if recorded:
             self.cache.record_file(
                 os.fspath(abs_path), st.st_size, st.st_mtime_ns, st.st_ino, manifest

@@ -66,7 +66,7 @@ def alive(pid: int) -> bool:
 
 
 def start(dits: DitsRunner) -> int:
-    code, out, err = dits("speculative", "start")
+    code, _, err = dits("speculative", "start")
     assert code == 0, err
     return int(status(dits)["pid"])
 

@@ -92,14 +92,29 @@ def test_chunks_are_durable_before_the_manifest_is_recorded(
 def test_a_racy_file_is_staged_but_not_recorded(repo: Repository, cache: SpeculativeCache) -> None:
     path = repo.root / "clip.mov"
     path.write_bytes(rand(100 * KIB, 4))
-    mtime = path.stat().st_mtime_ns / 1e9
-    staged = Stager(repo, cache, clock=lambda: mtime + 0.5).stage_file("clip.mov")
+    st = path.stat()
+    fine = (st.st_mtime_ns // 10**9) * 10**9 + 123_456_789  # a sub-second timestamp
+    os.utime(path, ns=(st.st_atime_ns, fine))
+    mtime = fine / 1e9
+    staged = Stager(repo, cache, clock=lambda: mtime + 0.01).stage_file("clip.mov")
     assert not staged.recorded
     st = path.stat()
     assert cache.manifest_for(str(path), st.st_size, st.st_mtime_ns, st.st_ino) is None
-    later = Stager(repo, cache, clock=lambda: mtime + 1.0).stage_file("clip.mov")
+    later = Stager(repo, cache, clock=lambda: mtime + 0.06).stage_file("clip.mov")
     assert later.recorded
     assert later.new_chunks == 0  # everything was stored the first time
+
+
+def test_whole_second_timestamps_get_the_coarse_racy_window(
+    repo: Repository, cache: SpeculativeCache
+) -> None:
+    path = repo.root / "clip.mov"
+    path.write_bytes(rand(100 * KIB, 5))
+    st = path.stat()
+    whole = (st.st_mtime_ns // 10**9) * 10**9  # as FAT or HFS+ would stamp it
+    os.utime(path, ns=(st.st_atime_ns, whole))
+    assert not Stager(repo, cache, clock=lambda: whole / 1e9 + 1.0).stage_file(path).recorded
+    assert Stager(repo, cache, clock=lambda: whole / 1e9 + 2.0).stage_file(path).recorded
 
 
 def test_files_outside_the_working_tree_are_staged_by_absolute_path(
