@@ -53,6 +53,7 @@ def racy_window_for(st: os.stat_result) -> float:
     then we only wait longer than needed)."""
     return FINE_RACY_WINDOW if st.st_mtime_ns % 1_000_000_000 else RACY_WINDOW
 
+
 _UNBOUNDED_SIZE: Final = 1 << 62  # "the final size, whatever it is" for profile probing
 
 
