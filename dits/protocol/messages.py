@@ -665,6 +665,21 @@ class HaveResult(_Message):
 # --- upload ---------------------------------------------------------------------------------
 
 
+def _chunk_parts(oid: ObjectId, encoding: Encoding, plain_size: int, data: Buffer) -> list[Buffer]:
+    """The payload of PutChunk and PutSpeculative (one layout): header, then the data."""
+    _check_sizes(encoding, plain_size, memoryview(data).nbytes, ValueError)
+    return [_PUT_CHUNK_HEAD.pack(_check_id(oid), Encoding(encoding), plain_size), data]
+
+
+def _decode_chunk(payload: Buffer, name: str) -> tuple[ObjectId, Encoding, int, Buffer]:
+    r = _Reader(payload, name)
+    oid, enc, plain_size = _PUT_CHUNK_HEAD.unpack(r.take(_PUT_CHUNK_HEAD.size))
+    encoding = r.enum(Encoding, enc)
+    data = r.rest()
+    _check_sizes(encoding, plain_size, len(data), r.fail)
+    return ObjectId(oid), encoding, plain_size, data
+
+
 @dataclass(frozen=True, slots=True)
 class PutChunk(_Message):
     """0x14: one chunk; a put request is one or more PutChunk frames, the last FINAL.
@@ -683,19 +698,12 @@ class PutChunk(_Message):
     data: Buffer
 
     def encode_parts(self) -> list[Buffer]:
-        _check_sizes(self.encoding, self.plain_size, memoryview(self.data).nbytes, ValueError)
-        head = _PUT_CHUNK_HEAD.pack(_check_id(self.id), Encoding(self.encoding), self.plain_size)
-        return [head, self.data]
+        return _chunk_parts(self.id, self.encoding, self.plain_size, self.data)
 
     @classmethod
     def decode(cls, payload: Buffer) -> Self:
         """Decode a payload (``data`` is a view of it). Raises ProtocolViolation if malformed."""
-        r = _Reader(payload, "PutChunk")
-        oid, enc, plain_size = _PUT_CHUNK_HEAD.unpack(r.take(_PUT_CHUNK_HEAD.size))
-        encoding = r.enum(Encoding, enc)
-        data = r.rest()
-        _check_sizes(encoding, plain_size, len(data), r.fail)
-        return cls(ObjectId(oid), encoding, plain_size, data)
+        return cls(*_decode_chunk(payload, "PutChunk"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -727,19 +735,12 @@ class PutSpeculative(_Message):
         return cls(chunk.id, chunk.encoding, chunk.plain_size, chunk.data)
 
     def encode_parts(self) -> list[Buffer]:
-        _check_sizes(self.encoding, self.plain_size, memoryview(self.data).nbytes, ValueError)
-        head = _PUT_CHUNK_HEAD.pack(_check_id(self.id), Encoding(self.encoding), self.plain_size)
-        return [head, self.data]
+        return _chunk_parts(self.id, self.encoding, self.plain_size, self.data)
 
     @classmethod
     def decode(cls, payload: Buffer) -> Self:
         """Decode a payload (``data`` is a view of it). Raises ProtocolViolation if malformed."""
-        r = _Reader(payload, "PutSpeculative")
-        oid, enc, plain_size = _PUT_CHUNK_HEAD.unpack(r.take(_PUT_CHUNK_HEAD.size))
-        encoding = r.enum(Encoding, enc)
-        data = r.rest()
-        _check_sizes(encoding, plain_size, len(data), r.fail)
-        return cls(ObjectId(oid), encoding, plain_size, data)
+        return cls(*_decode_chunk(payload, "PutSpeculative"))
 
 
 @dataclass(frozen=True, slots=True)

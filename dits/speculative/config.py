@@ -76,6 +76,17 @@ def _quantity(text: str, *, rate: bool) -> int:
     return round(float(m.group("num")) * factor)
 
 
+def _plain_number(value: str | int | float) -> float | None:
+    """A TOML number as it is (None for text); booleans, NaN and negatives are refused."""
+    if isinstance(value, bool):
+        raise ValueError(str(value))
+    if isinstance(value, int | float):
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(str(value))
+        return float(value)
+    return None
+
+
 def parse_rate(text: str | int | float) -> int:
     """A transfer rate in bytes per second: ``20MB/s``, ``20M``, ``2.5 MB/s``, ``160Mbit/s``.
 
@@ -88,13 +99,8 @@ def parse_rate(text: str | int | float) -> int:
     Raises:
         ValueError: the text is not a rate, or is negative.
     """
-    if isinstance(text, bool):
-        raise ValueError(str(text))
-    if isinstance(text, int | float):
-        if not math.isfinite(text) or text < 0:
-            raise ValueError(str(text))
-        return round(text)
-    return _quantity(text, rate=True)
+    number = _plain_number(text)
+    return round(number) if number is not None else _quantity(str(text), rate=True)
 
 
 def parse_size(text: str | int | float) -> int:
@@ -103,13 +109,8 @@ def parse_size(text: str | int | float) -> int:
     Raises:
         ValueError: the text is not a size, or is negative.
     """
-    if isinstance(text, bool):
-        raise ValueError(str(text))
-    if isinstance(text, int | float):
-        if not math.isfinite(text) or text < 0:
-            raise ValueError(str(text))
-        return round(text)
-    return _quantity(text, rate=False)
+    number = _plain_number(text)
+    return round(number) if number is not None else _quantity(str(text), rate=False)
 
 
 def parse_duration(text: str | int | float) -> float:
@@ -118,12 +119,10 @@ def parse_duration(text: str | int | float) -> float:
     Raises:
         ValueError: the text is not a duration, or is negative.
     """
-    if isinstance(text, bool):
-        raise ValueError(str(text))
-    if isinstance(text, int | float):
-        if not math.isfinite(text) or text < 0:
-            raise ValueError(str(text))
-        return float(text)
+    number = _plain_number(text)
+    if number is not None:
+        return number
+    assert isinstance(text, str)
     total, pos = 0.0, 0
     parts = 0
     while pos < len(text):
