@@ -91,6 +91,7 @@ __all__ = [
     "LmdbRefStore",
     "StoreUnavailableError",
     "add_counters",
+    "iter_prefix",
     "read_counters",
     "validated_batch",
 ]
@@ -649,6 +650,18 @@ def validated_batch(
     return batch
 
 
+def iter_prefix(txn: Any, db: Any, prefix: bytes) -> Iterator[tuple[bytes, memoryview]]:
+    """(key, value) of every entry of ``db`` whose key starts with ``prefix``, in key order."""
+    cursor = txn.cursor(db=db)
+    if not cursor.set_range(prefix):
+        return
+    for key, value in cursor.iternext(keys=True, values=True):
+        key_bytes = bytes(key)
+        if not key_bytes.startswith(prefix):
+            return
+        yield key_bytes, value
+
+
 def _check_id(oid: bytes) -> None:
     if len(oid) != ID_LEN:
         raise ValueError(f"object id must be {ID_LEN} bytes, got {len(oid)}")
@@ -870,13 +883,7 @@ class LmdbRefStore:
 
         def body(txn: lmdb.Transaction[memoryview]) -> dict[str, ObjectId]:
             found: dict[str, ObjectId] = {}
-            cursor = txn.cursor(db=db)
-            if not cursor.set_range(start):
-                return found
-            for key, value in cursor.iternext(keys=True, values=True):
-                key_bytes = bytes(key)
-                if not key_bytes.startswith(start):
-                    break
+            for key_bytes, value in iter_prefix(txn, db, start):
                 name = key_bytes.decode("utf-8")
                 oid = _ref_value(name, value)
                 assert oid is not None

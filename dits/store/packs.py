@@ -60,6 +60,7 @@ from dits.store.lmdb import (
     LmdbEnvironment,
     StoreUnavailableError,
     add_counters,
+    iter_prefix,
     read_counters,
     validated_batch,
 )
@@ -369,13 +370,7 @@ class PackBlobStore:
 
         def body(txn: Any) -> dict[int, tuple[int, int]]:
             found: dict[int, tuple[int, int]] = {}
-            cursor = txn.cursor(db=meta)
-            if not cursor.set_range(_PACK_KEY_PREFIX):
-                return found
-            for key, value in cursor:
-                key = bytes(key)
-                if not key.startswith(_PACK_KEY_PREFIX):
-                    break
+            for key, value in iter_prefix(txn, meta, _PACK_KEY_PREFIX):
                 end, live = _PACK_META.unpack(value)
                 found[int(key[len(_PACK_KEY_PREFIX) :])] = (int(end), int(live))
             return found

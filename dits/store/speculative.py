@@ -33,7 +33,7 @@ from dits.core.codec import DecodeError, decode_object, encode_object
 from dits.core.ids import ID_LEN, ObjectId
 from dits.core.objects import Manifest
 from dits.errors import CorruptObjectError
-from dits.store.lmdb import DB_META, LmdbEnvironment, StoreUnavailableError
+from dits.store.lmdb import DB_META, LmdbEnvironment, StoreUnavailableError, iter_prefix
 
 __all__ = ["SpeculativeCache"]
 
@@ -309,13 +309,7 @@ class SpeculativeCache:
 
         def body(txn: lmdb.Transaction[memoryview]) -> dict[str, float]:
             out: dict[str, float] = {}
-            cursor = txn.cursor(db=meta)
-            if not cursor.set_range(prefix):
-                return out
-            for key, raw in cursor.iternext(keys=True, values=True):
-                key_bytes = bytes(key)
-                if not key_bytes.startswith(prefix):
-                    break
+            for key_bytes, raw in iter_prefix(txn, meta, prefix):
                 if len(raw) == fmt.size:
                     out[key_bytes[len(prefix) :].decode("utf-8")] = fmt.unpack(raw)[0]
             return out
