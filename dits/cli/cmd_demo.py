@@ -16,9 +16,10 @@ import random
 import struct
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 import click
 
@@ -43,6 +44,26 @@ def local_server(root: Path) -> Iterator[tuple[str, str]]:
     token = remote_cli("token", "create", "--root", str(root), "--repo", "demo", "--write")
     with LocalServer(root) as server:
         yield server.url("demo"), token
+
+
+_T = TypeVar("_T")
+
+
+def resumed_once(
+    ctx: Ctx, server_root: Path, what: str, step: Callable[[], _T], resumes: list[str]
+) -> _T:
+    """Run ``step``; if the connection broke, say so and run it once more (it resumes).
+
+    A push, sync or clone resumes where it stopped, which is what a person would do after
+    "the connection to the remote broke". The server's log is named for a second failure."""
+    try:
+        return step()
+    except ConnectionError as exc:
+        log = server_root / "server.log"
+        note = f"{what}: the connection broke ({exc}); resuming once (server log: {log})"
+        click.echo(f"dits: {note}", err=True)
+        resumes.append(note)
+        return step()
 
 
 def _box(kind: bytes, payload: bytes) -> bytes:
@@ -123,6 +144,8 @@ def demo_cmd(ctx: Ctx, directory: Path | None, size_mb: int, as_json: bool) -> N
     make_project(root, size_mb)
     name, email = "Demo Editor", "editor@example.com"
     figures: dict[str, object] = {"directory": str(base)}
+    resumes: list[str] = []
+    figures["connection_resumes"] = resumes
     with local_server(server_root) as (url, token), Repository.init(root) as repo:
         t0 = time.perf_counter()
         first = add_paths(repo, [""])
@@ -137,7 +160,9 @@ def demo_cmd(ctx: Ctx, directory: Path | None, size_mb: int, as_json: bool) -> N
             f"added at {first.stats.bytes_read / max(t1 - t0, 1e-9) / 1e6:.0f} MB/s",
         )
         add_remote(repo.config, "origin", url, token=token)
-        push1 = push(repo, known_hosts=hosts)
+        push1 = resumed_once(
+            ctx, server_root, "push 1", lambda: push(repo, known_hosts=hosts), resumes
+        )
         say(
             ctx,
             f"push 1 to {url} over {push1.transport}: {push1.chunks_sent} chunks, "
@@ -145,7 +170,13 @@ def demo_cmd(ctx: Ctx, directory: Path | None, size_mb: int, as_json: bool) -> N
         )
         edit_project(root)
         # What the background agent does while the editor saves: chunk and pre-upload.
-        presync = sync_folder(repo, root, "origin", known_hosts=hosts)
+        presync = resumed_once(
+            ctx,
+            server_root,
+            "speculative sync",
+            lambda: sync_folder(repo, root, "origin", known_hosts=hosts),
+            resumes,
+        )
         say(
             ctx,
             f"speculative sync of the edited project: {presync.chunks_uploaded} new chunks "
@@ -174,7 +205,9 @@ def demo_cmd(ctx: Ctx, directory: Path | None, size_mb: int, as_json: bool) -> N
             f"({100 * (1 - changed / max(total, 1)):.1f}% reused); added in {t3 - t2:.2f} s, "
             f"{len(second.from_agent)} of them from the agent's manifests without re-reading",
         )
-        push2 = push(repo, known_hosts=hosts)
+        push2 = resumed_once(
+            ctx, server_root, "push 2", lambda: push(repo, known_hosts=hosts), resumes
+        )
         pct = 100 * push2.chunks_present / max(push2.chunks_total, 1)
         say(
             ctx,
@@ -190,7 +223,13 @@ def demo_cmd(ctx: Ctx, directory: Path | None, size_mb: int, as_json: bool) -> N
             f"({check.chunks_checked} chunks verified)",
         )
         stats = repo.chunks.stats()
-        cloned, fetched = clone(url, clone_root, token=token, known_hosts=hosts)
+        cloned, fetched = resumed_once(
+            ctx,
+            server_root,
+            "clone",
+            lambda: clone(url, clone_root, token=token, known_hosts=hosts),
+            resumes,
+        )
         cloned.close()
         identical = _same_files(root, clone_root)
         say(

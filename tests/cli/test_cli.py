@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
+from pathlib import Path
 
+import pytest
+
+from dits.cli._common import Ctx
+from dits.cli.cmd_demo import resumed_once
 from tests.conftest import DitsRunner, random_bytes
 
 
@@ -165,8 +171,12 @@ def test_quiet_prints_nothing(dits: DitsRunner) -> None:
 
 def test_demo_pushes_to_a_local_server_and_clones(dits: DitsRunner) -> None:
     code, out, err = dits("demo", "d", "--size-mb", "8", "--json")
-    assert code == 0, err
+    log = dits.cwd / "d" / "server" / "server.log"
+    assert code == 0, err + (log.read_text() if log.exists() else "")
     figures = json.loads(out)
+    if figures["connection_resumes"]:  # tolerated (the step resumed), but made visible
+        resumed = figures["connection_resumes"]
+        warnings.warn(f"demo resumed: {resumed}\n{log.read_text()}", stacklevel=1)
     assert figures["fsck_clean"] is True
     assert figures["clone_identical"] is True
     assert figures["push1"]["chunks_sent"] == figures["push1"]["chunks_total"] > 0
@@ -179,3 +189,23 @@ def test_demo_pushes_to_a_local_server_and_clones(dits: DitsRunner) -> None:
     assert push2["chunks_sent"] == 0 < push2["chunks_total"]
     assert push2["chunks_already_on_server"] == push2["chunks_total"]
     assert push2["percent_bytes_presynced"] == 100.0
+
+
+def test_demo_resumes_a_broken_step_once_and_names_the_server_log(tmp_path: Path) -> None:
+    calls: list[int] = []
+
+    def flaky() -> str:
+        calls.append(1)
+        if len(calls) == 1:
+            raise ConnectionResetError("QUIC connection closed: Idle timeout")
+        return "done"
+
+    resumes: list[str] = []
+    assert resumed_once(Ctx(cwd=tmp_path), tmp_path, "push 1", flaky, resumes) == "done"
+    assert len(calls) == 2 and "push 1" in resumes[0] and "server.log" in resumes[0]
+
+    def broken() -> str:
+        raise ConnectionResetError("still broken")
+
+    with pytest.raises(ConnectionResetError):  # a second failure is reported, not retried
+        resumed_once(Ctx(cwd=tmp_path), tmp_path, "push 2", broken, [])
