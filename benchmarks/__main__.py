@@ -17,6 +17,7 @@ BENCHMARKS: dict[str, str] = {
     "lossy": "benchmarks.lossy_bench",
     "server-kill": "benchmarks.server_kill_bench",
     "speculative": "benchmarks.speculative_bench",
+    "staging": "benchmarks.staging_bench",
 }
 """Benchmark name -> module path; the module defines ``main(argv: list[str] | None) -> int``."""
 

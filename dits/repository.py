@@ -94,7 +94,10 @@ class Repository:
         closer = contextlib.ExitStack()
         env = LmdbEnvironment(dits_dir / "store")
         closer.callback(env.close)
-        chunks = PackBlobStore(env, dits_dir / "store" / "packs")
+        # core.compression = false: chunks are stored raw (a push still compresses on the wire
+        # when the measured link makes it pay, dits.staging).
+        level = 3 if config.get("core.compression") is not False else 0
+        chunks = PackBlobStore(env, dits_dir / "store" / "packs", compression_level=level)
         closer.callback(chunks.close)
         return cls(
             root,

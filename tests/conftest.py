@@ -24,6 +24,8 @@ def clean_env(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.Monk
             monkeypatch.delenv(key)
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.setenv("XDG_CONFIG_HOME", str(home / ".config"))
+    # One zstd speed model for the session (dits.staging measures it once per machine).
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.getbasetemp() / "cache"))
     monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
     # The commit identity falls back to the user's git config; give every test one.
     (home / ".gitconfig").write_text("[user]\n\tname = Git Fallback\n\temail = git@example.com\n")

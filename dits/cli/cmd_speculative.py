@@ -89,6 +89,10 @@ def _print_status(ctx: Ctx, doc: dict[str, Any]) -> None:
         say(ctx, f"last error: {doc['last_error']}")
     if doc.get("remote") is None and state != "STOPPED":
         say(ctx, "no remote configured: chunks are staged locally only")
+    from dits.cli.cmd_sync import staging_lines
+
+    for line in staging_lines(doc.get("staging") or {}):
+        say(ctx, line)
 
 
 @speculative_cmd.command("pause")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -31,6 +31,13 @@ _transport_option = click.option(
 @click.argument("branch", required=False)
 @click.option("-f", "--force", is_flag=True, help="Allow a move that drops the server's commits.")
 @_transport_option
+@click.option(
+    "--limit-rate",
+    metavar="RATE",
+    default=None,
+    help="Cap the upload, e.g. 20MB/s or 100Mbit/s (default: unlimited).",
+)
+@click.option("--stats", "show_stats", is_flag=True, help="Show the staging figures.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON report.")
 @pass_ctx
 def push_cmd(
@@ -39,11 +46,21 @@ def push_cmd(
     branch: str | None,
     force: bool,
     transport: str | None,
+    limit_rate: str | None,
+    show_stats: bool,
     as_json: bool,
 ) -> None:
     """Send BRANCH (default: the current one) to REMOTE (default: origin)."""
+    from dits.config_values import parse_rate
     from dits.ops.sync import push
     from dits.speculative.control import yielding_to_push
+
+    try:
+        rate = parse_rate(limit_rate) if limit_rate is not None else 0
+    except ValueError:
+        raise UsageError(
+            f"--limit-rate must be a rate such as 20MB/s or 100Mbit/s, not {limit_rate!r}"
+        ) from None
 
     with (
         open_repo(ctx) as repo,
@@ -58,6 +75,7 @@ def push_cmd(
             transport=transport,
             on_total=total,
             on_bytes=advance,
+            limit_rate=rate,
         )
         full_seconds = _full_upload_estimate(repo.dits_dir, result)
     if as_json:
@@ -72,6 +90,55 @@ def push_cmd(
     say(ctx, _push_summary(result, full_seconds))
     old = result.old[:12] if result.old else "(new)"
     say(ctx, f"{result.remote}/{result.branch}: {old} -> {(result.new or '')[:12]}")
+    if show_stats:
+        if result.staging is None:
+            say(ctx, "staging: no chunk had to be sent")
+        for line in staging_lines(result.staging or {}):
+            say(ctx, line)
+
+
+def _pct(x: object) -> str:
+    return f"{100 * float(x):.0f}%" if isinstance(x, int | float) else "n/a"
+
+
+def _rate(x: object) -> str:
+    return f"{float(x) / 1e6:.1f} MB/s" if isinstance(x, int | float) else "n/a"
+
+
+def staging_lines(st: dict[str, Any]) -> list[str]:
+    """The staging engine's figures for people (``push --stats``, ``speculative status``)."""
+    if not st:
+        return []
+    levels = ", ".join(f"{k} {v}" for k, v in sorted(st.get("levels", {}).items()))
+    classes = ", ".join(f"{k} {v}" for k, v in sorted(st.get("chunks_by_class", {}).items()))
+    entropy = st.get("mean_entropy")
+    net = st.get("network") or {}
+    rtt, loss = net.get("rtt"), net.get("loss_rate")
+    hits, misses = st.get("stage_ahead_hits", 0), st.get("stage_ahead_misses", 0)
+    return [
+        f"staging ({st.get('mode')}): {st.get('chunks', 0)} chunks, "
+        f"{human_bytes(st.get('plain_bytes', 0))} -> {human_bytes(st.get('wire_bytes', 0))} "
+        f"on the wire ({human_bytes(st.get('bytes_saved_by_compression', 0))} saved by "
+        f"compression; {levels or 'nothing sent'})",
+        f"  stage-ahead hits {_pct(st.get('stage_ahead_hit_rate'))} ({hits}/{hits + misses}); "
+        f"CPU-bound {st.get('cpu_bound_seconds', 0):.2f} s, network-bound "
+        f"{st.get('network_bound_seconds', 0):.2f} s of {st.get('seconds', 0):.2f} s",
+        f"  buffers: peak {human_bytes(st.get('buffer_peak_bytes', 0))} of "
+        f"{human_bytes(st.get('buffer_limit_bytes', 0))} "
+        f"({_pct(st.get('buffer_utilization'))}), {st.get('buffer_allocations', 0)} allocated, "
+        f"{st.get('buffer_reuses', 0)} reused; lookahead {st.get('lookahead_min')}-"
+        f"{st.get('lookahead_max')} chunks, up to {st.get('streams_max')} streams, "
+        f"{st.get('staging_threads')} staging threads",
+        f"  content: {classes or 'not analysed'}"
+        + (f" (mean entropy {entropy:.2f} bits/byte)" if entropy is not None else "")
+        + f"; prediction accuracy {_pct(st.get('prediction_accuracy'))}, "
+        f"{st.get('mispredictions', 0)} fallbacks; decision "
+        f"{_pct(st.get('decision_cpu_share'))} of CPU",
+        f"  network: {_rate(net.get('throughput'))} (predicted {_rate(net.get('predicted'))}, "
+        f"{net.get('trend', 'unknown')})"
+        + (f", RTT {1000 * rtt:.1f} ms" if isinstance(rtt, int | float) else "")
+        + (f", loss {100 * loss:.2f}%" if isinstance(loss, int | float) else ""),
+    ]
 
 
 def _full_upload_estimate(dits_dir: Path, result: PushResult) -> float | None:

@@ -132,9 +132,32 @@ class RemoteSession:
             present.update(oid for oid, bit in zip(batch, answer.present, strict=True) if bit)
         return present
 
-    async def put(self, msgs: Sequence[PutChunk | PutObject]) -> PutResult:
-        (result,) = await self.request(msgs)
+    async def put(
+        self,
+        msgs: Sequence[PutChunk | PutObject],
+        *,
+        pace: Callable[[int], Awaitable[None]] | None = None,
+    ) -> PutResult:
+        """Upload chunks and objects as one put request (``pace``: as in put_speculative)."""
+        if pace is None:
+            (result,) = await self.request(msgs)
+        else:
+            result = await self._request_paced(msgs, pace)
         assert isinstance(result, PutResult)
+        return result
+
+    async def _request_paced(
+        self, msgs: Sequence[Message], pace: Callable[[int], Awaitable[None]]
+    ) -> Message:
+        stream = await self._open()
+        try:
+            self.bytes_sent += await _send_paced(stream, msgs, self.limits.max_payload, pace)
+            stream.writer.write_eof()
+            (result,) = await self._receive(stream, msgs[0])
+        except BaseException:
+            stream.writer.abort()
+            raise
+        stream.writer.close()
         return result
 
     async def put_speculative(
@@ -170,15 +193,7 @@ class RemoteSession:
         if pace is None:
             (result,) = await self.request(msgs)
         else:
-            stream = await self._open()
-            try:
-                self.bytes_sent += await _send_paced(stream, msgs, self.limits.max_payload, pace)
-                stream.writer.write_eof()
-                (result,) = await self._receive(stream, msgs[0])
-            except BaseException:
-                stream.writer.abort()
-                raise
-            stream.writer.close()
+            result = await self._request_paced(msgs, pace)
         assert isinstance(result, PutResult)
         return result
 

@@ -3,9 +3,11 @@
 Push sends only what the server lacks: it asks "have" for the commits, then level by level for
 the trees and manifests of the commits the server lacks, then for the chunks of the manifests it
 lacks (a blob the server can see implies everything it reaches, so the walk stops there). Chunks
-go over several parallel streams in batches, in their at-rest form (zstd chunks are not
-compressed again); objects follow; the ref moves last by compare-and-swap. Chunks the server
-already received from an interrupted push count as present, so a re-run sends only the rest.
+go through the staging engine (``dits.staging``): read and encoded for the wire a bounded
+lookahead ahead of parallel put streams, in their at-rest form unless the measured link makes
+compression (or stronger compression) pay; objects follow; the ref moves last by
+compare-and-swap. Chunks the server already received from an interrupted push count as
+present, so a re-run sends only the rest.
 
 Fetch mirrors it: objects level by level (``Get``), then the chunks the local store lacks over
 parallel streams, each verified against its id before it is stored; objects are stored after
@@ -22,7 +24,7 @@ import asyncio
 import dataclasses
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,6 +56,8 @@ from dits.protocol import (
 )
 from dits.remotes import KnownHosts, RemoteSpec, add_remote, get_remote, parse_url
 from dits.repository import HEADS, Repository
+from dits.staging.config import StagingConfig
+from dits.staging.engine import StagedChunk, StagingEngine, StagingStats, StoredChunkStager
 from dits.store.base import RefUpdate
 
 __all__ = ["FetchResult", "PushResult", "clone", "fetch", "push"]
@@ -64,6 +68,7 @@ PUT_STREAMS = 4
 MISSING_RETRIES = 3  # rounds of re-sending what the server lost between Have and UpdateRefs
 
 Progress = Callable[[int], None]
+Pace = Callable[[int], Awaitable[None]]
 
 
 @dataclass
@@ -86,6 +91,7 @@ class PushResult:
     bytes_sent: int = 0  # on the wire, framing included
     upload_seconds: float = 0.0  # time spent sending chunks
     seconds: float = 0.0
+    staging: dict[str, object] | None = None  # the staging engine's figures (push --stats)
 
     @property
     def chunks_present(self) -> int:
@@ -144,10 +150,14 @@ def push(
     on_total: Progress | None = None,
     on_bytes: Progress | None = None,
     known_hosts: KnownHosts | None = None,
+    limit_rate: int = 0,
+    sequential_staging: bool = False,
 ) -> PushResult:
     """Push ``branch`` (default: the current one) to ``remote`` (default: origin).
 
     ``transport`` (``auto``, ``quic``, ``tcp``) overrides the remote's configured one.
+    ``limit_rate`` caps the upload in bytes/s (0: unlimited). ``sequential_staging`` stages
+    chunks before sending them instead of overlapping the two (benchmarks compare them).
 
     Raises:
         UsageError: no such remote or branch.
@@ -169,7 +179,10 @@ def push(
         args=[spec.name, str(spec.url)],
         stdin=f"{ref} {tip.hex()} {ref} {(seen_remote or bytes(32)).hex()}\n",
     )
-    result = asyncio.run(_push(repo, spec, branch, tip, force, on_total, on_bytes, known_hosts))
+    staging = _Staging(StagingConfig.from_config(repo.config), limit_rate, sequential_staging)
+    result = asyncio.run(
+        _push(repo, spec, branch, tip, force, on_total, on_bytes, known_hosts, staging)
+    )
     if not result.up_to_date or seen_remote != tip:
         repo.refs.update_refs([RefUpdate(tracking, tip, repo.refs.get_ref(tracking))])
     return result
@@ -184,6 +197,7 @@ async def _push(
     on_total: Progress | None,
     on_bytes: Progress | None,
     known_hosts: KnownHosts | None,
+    staging: _Staging,
 ) -> PushResult:
     started = time.perf_counter()
     result = PushResult(spec.name, branch, new=tip.hex())
@@ -213,7 +227,8 @@ async def _push(
         if on_total is not None:
             on_total(result.chunk_bytes_sent)
         upload_started = time.perf_counter()
-        await _send_chunks(repo, session, missing_chunks, on_bytes)
+        figures = await _send_chunks(repo, session, missing_chunks, on_bytes, staging)
+        result.staging = figures.to_json() if figures is not None else None
         result.upload_seconds = time.perf_counter() - upload_started
         await _send_objects(repo, session, objects)
         change = RefChange(ref, remote_old, tip, force)
@@ -229,7 +244,8 @@ async def _push(
                 if attempt == MISSING_RETRIES or not (lost or lost_objects):
                     raise
                 sizes = {**total, **chunks}
-                await _send_chunks(repo, session, [(i, sizes[i]) for i in lost], None)
+                resend = [(i, sizes[i]) for i in lost]
+                await _send_chunks(repo, session, resend, None, staging)
                 await _send_objects(repo, session, lost_objects)
                 result.chunks_resent += len(lost)
         result.bytes_sent = session.bytes_sent
@@ -337,39 +353,38 @@ def read_chunk_batch(
     return out
 
 
+@dataclass(frozen=True)
+class _Staging:
+    config: StagingConfig
+    limit_rate: int = 0
+    sequential: bool = False
+
+
 async def _send_chunks(
     repo: Repository,
     session: RemoteSession,
     chunks: list[tuple[ObjectId, int]],
     on_bytes: Progress | None,
-) -> None:
+    staging: _Staging,
+) -> StagingStats | None:
+    """Send ``chunks`` (id, plain size) through the staging engine; its figures, or None."""
     if not chunks:
-        return
-    batches: list[list[ObjectId]] = []
-    current: list[ObjectId] = []
-    size = 0
-    for oid, n in chunks:
-        current.append(oid)
-        size += n
-        if size >= BATCH_BYTES:
-            batches.append(current)
-            current, size = [], 0
-    if current:
-        batches.append(current)
-    queue: asyncio.Queue[list[ObjectId]] = asyncio.Queue()
-    for batch in batches:
-        queue.put_nowait(batch)
+        return None
+    engine = StagingEngine(
+        staging.config,
+        max_streams=min(PUT_STREAMS, session.limits.max_streams),
+        limit_rate=staging.limit_rate,
+        transport_stats=session.conn.stats,
+        sequential=staging.sequential,
+    )
 
-    async def worker() -> None:
-        while not queue.empty():
-            batch = queue.get_nowait()
-            msgs = await asyncio.to_thread(read_chunk_batch, repo, batch)
-            await session.put(msgs)
-            if on_bytes is not None:
-                on_bytes(sum(m.plain_size for m in msgs))
+    async def send(batch: list[StagedChunk], pace: Pace | None) -> None:
+        msgs = [PutChunk(c.id, c.encoding, c.plain_size, c.payload) for c in batch]
+        await session.put(msgs, pace=pace)
+        if on_bytes is not None:
+            on_bytes(sum(c.plain_size for c in batch))
 
-    streams = min(PUT_STREAMS, session.limits.max_streams, len(batches))
-    await asyncio.gather(*(worker() for _ in range(streams)))
+    return await engine.run(chunks, StoredChunkStager(repo.chunks), send)
 
 
 async def _send_objects(repo: Repository, session: RemoteSession, ids: list[ObjectId]) -> None:

@@ -158,6 +158,8 @@ class Agent:
             "last_error": f.last_error,
             "watching": [str(p) for p in self._roots],
             "editors": self.editors,
+            "staging": f.staging,
+            "network": self.uploader.monitor.estimate(time.monotonic()).to_json(),
         }
 
     # -- running ------------------------------------------------------------------------------
@@ -378,6 +380,8 @@ def stopped_status(paths: AgentPaths) -> dict[str, Any]:
         "last_measured_upload_rate": rate,
         "failures": 0,
         "last_error": "",
+        "staging": {},
+        "network": {},
     }
 
 

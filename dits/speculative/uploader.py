@@ -3,8 +3,10 @@
 Chunks arrive from the stager (already in the local store) with a priority key. ``workers``
 coroutines take batches of about ``BATCH_BYTES`` in priority order, drop what the dedup cache
 says the server holds, ask the server (Have) about the rest, and send what it lacks as
-PutSpeculative requests. Every byte written goes through one shared token bucket, in slices of
-at most 64 KiB, so the uplink never sees bursts above ``max_bandwidth``.
+PutSpeculative requests through the staging engine that push uses (``dits.staging``: chunks
+read and encoded for the wire ahead of the stream, under the ``[staging]`` memory bound, with
+one network estimate kept across batches). Every byte written goes through one shared token
+bucket, in slices of at most 64 KiB, so the uplink never sees bursts above ``max_bandwidth``.
 
 Uploading stops (chunks stay queued, nothing is lost) while any *hold* is set: the user paused
 the agent, an explicit push is running (it gets the uplink), files are being written quickly
@@ -31,10 +33,13 @@ from typing import Any
 
 from dits.core.ids import ObjectId
 from dits.errors import DitsError
-from dits.protocol import BlobKind, QuotaExceededError, RemoteError
+from dits.protocol import BlobKind, PutChunk, QuotaExceededError, RemoteError
 from dits.remotes import KnownHosts, RemoteSpec
 from dits.repository import Repository
-from dits.speculative.bucket import TokenBucket
+from dits.staging.bucket import TokenBucket
+from dits.staging.config import StagingConfig
+from dits.staging.engine import StagedChunk, StagingEngine, StagingStats, StoredChunkStager
+from dits.staging.network import NetworkMonitor
 from dits.store.speculative import SpeculativeCache
 
 __all__ = ["BATCH_BYTES", "Uploader", "UploaderFigures"]
@@ -64,6 +69,7 @@ class UploaderFigures:
     retry_in: float = 0.0
     upload_rate: float = 0.0
     connected: bool = False
+    staging: dict[str, Any] = field(default_factory=dict)  # summed over the staged batches
 
 
 class Uploader:
@@ -100,6 +106,11 @@ class Uploader:
         self._backoff = 0.0
         self._inflight = 0
         self.figures = UploaderFigures()
+        self.staging_config = StagingConfig.from_config(repo.config)
+        self.monitor = NetworkMonitor(
+            window=self.staging_config.network_prediction_window,
+            predict=self.staging_config.enable_network_prediction,
+        )
         self.on_uploaded: Callable[[int, int], None] | None = None
 
     # -- queue ---------------------------------------------------------------------------------
@@ -279,8 +290,6 @@ class Uploader:
                 log.debug("closing a broken session failed", exc_info=True)
 
     async def _upload(self, batch: list[tuple[Any, int, ObjectId, int]]) -> None:
-        from dits.ops.sync import read_chunk_batch
-
         now = self.clock()
         sizes = {oid: size for _, _, oid, size in batch}
         ids = list(sizes)
@@ -299,10 +308,25 @@ class Uploader:
         send = [oid for oid in todo if oid not in present]
         if not send:
             return
-        msgs = await asyncio.to_thread(read_chunk_batch, self.repo, send, missing_ok=True)
-        if not msgs:
+        local = await asyncio.to_thread(self.repo.chunks.has_many, send)
+        items = [(oid, sizes[oid]) for oid in send if oid in local]  # gc'd meanwhile: skip
+        if not items:
             return
-        await session.put_speculative(msgs, pace=self.bucket.take)
+        engine = StagingEngine(
+            self.staging_config,
+            max_streams=1,
+            monitor=self.monitor,
+            transport_stats=session.conn.stats,
+        )
+        msgs: list[StagedChunk] = []
+
+        async def put(batch: list[StagedChunk], pace: Any) -> None:
+            chunks = [PutChunk(c.id, c.encoding, c.plain_size, c.payload) for c in batch]
+            await session.put_speculative(chunks, pace=self.bucket.take)
+            msgs.extend(batch)
+
+        stats = await engine.run(items, StoredChunkStager(self.repo.chunks), put)
+        self._add_staging(stats)
         sent = [m.id for m in msgs]
         self.cache.mark_on_server(sent, self.clock() + self.chunk_ttl)
         nbytes = sum(sizes[o] for o in sent)
@@ -312,6 +336,44 @@ class Uploader:
         self.cache.add_counters(chunks_uploaded=len(sent), bytes_uploaded=nbytes)
         if self.on_uploaded is not None:
             self.on_uploaded(len(sent), nbytes)
+
+    def _add_staging(self, stats: StagingStats) -> None:
+        """Fold one batch's staging figures into the agent's running totals."""
+        total = self.figures.staging
+        doc = stats.to_json()
+        for key, value in doc.items():
+            if key in ("buffer_peak_bytes", "lookahead_max", "streams_max", "staging_threads"):
+                total[key] = max(total.get(key, 0), value)
+            elif key in ("chunks_by_class", "levels"):
+                merged = total.setdefault(key, {})
+                for k, v in value.items():
+                    merged[k] = merged.get(k, 0) + v
+            elif (
+                isinstance(value, int | float)
+                and not isinstance(value, bool)
+                and (
+                    key.endswith(("seconds", "bytes", "hits", "misses", "events"))
+                    or key
+                    in (
+                        "chunks",
+                        "chunks_compressed",
+                        "mispredictions",
+                        "buffer_allocations",
+                        "buffer_reuses",
+                    )
+                )
+            ):
+                total[key] = total.get(key, 0) + value
+            else:
+                total[key] = value  # latest: ratios, the network estimate, limits, mode
+        hits = total.get("stage_ahead_hits", 0)
+        asked = hits + total.get("stage_ahead_misses", 0)
+        total["stage_ahead_hit_rate"] = hits / asked if asked else None
+        limit = total.get("buffer_limit_bytes", 0)
+        total["buffer_utilization"] = total.get("buffer_peak_bytes", 0) / limit if limit else 0.0
+        cpu = total.get("cpu_seconds", 0)
+        total["decision_cpu_share"] = total.get("decision_seconds", 0) / cpu if cpu else None
+        total["buffer_limit_bytes"] = doc["buffer_limit_bytes"]
 
     def _skipped(self, chunks: int, nbytes: int) -> None:
         if chunks:

@@ -124,7 +124,8 @@ class PackBlobStore:
         env: the repository's LMDB environment (its ``chunks`` and ``meta`` databases).
         packs_dir: the folder of pack files (``.dits/store/packs``).
         max_value_size: largest plain chunk accepted and decoded.
-        compression_level: zstd level for chunks the compression probe accepts.
+        compression_level: zstd level for chunks the compression probe accepts; 0 stores every
+            chunk raw (``core.compression = false``).
         pack_target_size: a pack is closed once it is this large (tests use small values).
         direct_io: write packs with O_DIRECT (None: where the file system allows it).
     """
@@ -218,7 +219,7 @@ class PackBlobStore:
         present = self.has_many(batch)
         # Compression runs before the append lock so other writers are not kept waiting.
         plan = [
-            (oid, value, compress_if_worthwhile(value, level=self._level))
+            (oid, value, compress_if_worthwhile(value, level=self._level) if self._level else None)
             for oid, value in batch.items()
             if oid not in present
         ]

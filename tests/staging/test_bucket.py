@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dits.speculative.bucket import TokenBucket
+from dits.staging.bucket import TokenBucket
 
 
 class FakeClock:

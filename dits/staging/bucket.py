@@ -1,4 +1,4 @@
-"""A token bucket that paces the agent's uploads to ``speculative.max_bandwidth``.
+"""A token bucket that paces uploads: the agent's `speculative.max_bandwidth`, `push --limit-rate`.
 
 Theory of operation
 -------------------
