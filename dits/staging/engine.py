@@ -27,7 +27,8 @@ Adaptation (``enable_adaptive_sizing``), from real measurements only:
   measured staging latency / mean wire size), plus a batch per stream, within
   [streams, staging_queue_depth];
 - streams = how many puts must be in flight to keep the link busy while the server works on a
-  batch: ceil(measured put latency x bandwidth / batch bytes), within [2, max streams];
+  batch: ceil(measured put latency x bandwidth / batch bytes) + 1 (one more than measured, so
+  an under-driven link does not confirm its own low estimate), within [2, max streams];
 - batch bytes = a quarter second of the predicted bandwidth, within [1 MiB, 8 MiB].
 
 What a person sees (``StagingStats``): stage-ahead hits (a sender wanted a chunk and one was
@@ -238,6 +239,9 @@ class StagingContext:
         self.overlap = True  # the pipelined engine; sequential staging sets False
         self._local = threading.local()
         self._counter = 0
+        self._lock = threading.Lock()
+        self._observed: dict[int, float] = {}  # level -> measured plain bytes/s per thread
+        self._effective: CompressionModel | None = None
 
     @property
     def model(self) -> CompressionModel:
@@ -266,13 +270,46 @@ class StagingContext:
             compressors[level] = found
         return found
 
+    def record_speed(self, level: int, nbytes: int, seconds: float) -> None:
+        """What compressing ``nbytes`` at ``level`` just cost, measured around the call.
+
+        Wall time, on purpose: it includes the other threads and processes competing for
+        the cores (the server hashing on the same machine, the event loop sending), which the
+        calibration on an idle machine does not see."""
+        if seconds <= 0 or nbytes < 4096:
+            return
+        speed = nbytes / seconds
+        with self._lock:
+            old = self._observed.get(level)
+            self._observed[level] = speed if old is None else 0.8 * old + 0.2 * speed
+            self._effective = None
+
+    def effective_model(self) -> CompressionModel:
+        """The calibrated model with measured speeds where levels were used; unused levels are
+        scaled by how much slower the used ones run here and now than on calibration."""
+        model = self._effective
+        if model is not None:
+            return model
+        base = self.model
+        with self._lock:
+            observed = dict(self._observed)
+        known = [observed[p.level] / p.speed for p in base.levels if p.level in observed]
+        factor = sorted(known)[len(known) // 2] if known else 1.0
+        levels = tuple(
+            LevelProfile(p.level, observed.get(p.level, p.speed * factor), p.ratio_scale)
+            for p in base.levels
+        )
+        model = CompressionModel(levels, base.decompress_speed)
+        self._effective = model
+        return model
+
     def measure_entropy(self) -> bool:
         self._counter += 1  # a racy counter only thins the sample; it decides nothing
         return self._counter % ENTROPY_EVERY == 1
 
     def decide(self, analysis: ContentAnalysis, stored_ratio: float | None) -> WireChoice:
         return choose(
-            self.model,
+            self.effective_model(),
             analysis,
             bandwidth=self._bandwidth(),
             workers=self.workers,
@@ -308,7 +345,7 @@ class StoredChunkStager:
             where = self._store.locate(oid)
             buf = pool.acquire(where.data_offset - where.record_offset + where.stored_size)
             try:
-                record, stored, _ = self._read_into(oid, memoryview(buf))
+                record, stored, _ = self._read_into(oid, memoryview(buf), where)
             except BaseException:
                 pool.release(buf)
                 raise
@@ -323,16 +360,21 @@ class StoredChunkStager:
         return buf, memoryview(buf)[: len(data)]
 
 
+_INCOMPRESSIBLE = WireChoice(None, 1.0, 0.0, 0.0, "incompressible")
+
+
 def _encode_for_wire(ctx: StagingContext, chunk: StagedChunk) -> None:
     """Pick the chunk's wire encoding (see ``dits.staging.compression.choose``) and apply it."""
-    t0 = time.perf_counter()
+    t0 = time.thread_time()  # CPU time: a wall clock would also count waiting for the GIL
     if chunk.encoding is Encoding.RAW:
         analysis = analyze(
             chunk.payload,
             window=ctx.config.content_analysis_window,
             measure_entropy=ctx.measure_entropy(),
         )
-        choice = ctx.decide(analysis, None)
+        # Compressed video, most of what dits moves: no model, no bandwidth, one shared answer.
+        random = analysis.content_class is ContentClass.RANDOM
+        choice = _INCOMPRESSIBLE if random else ctx.decide(analysis, None)
     else:
         stored_ratio = chunk.payload.nbytes / max(chunk.plain_size, 1)
         # The plain bytes are not at hand: predict level 1 from the at-rest level's ratio.
@@ -341,7 +383,7 @@ def _encode_for_wire(ctx: StagingContext, chunk: StagedChunk) -> None:
         analysis = ContentAnalysis(ContentClass.STRUCTURED, predicted, None, 0)
         choice = ctx.decide(analysis, stored_ratio)
     chunk.analysis, chunk.choice = analysis, choice
-    chunk.decision_seconds = time.perf_counter() - t0
+    chunk.decision_seconds = time.thread_time() - t0
     if choice.level is None:
         return
     plain = chunk.payload
@@ -350,11 +392,13 @@ def _encode_for_wire(ctx: StagingContext, chunk: StagedChunk) -> None:
         plain = memoryview(decompressor.decompress(plain, max_output_size=chunk.plain_size))
     bound = chunk.plain_size + (chunk.plain_size >> 7) + 4096  # above ZSTD_compressBound
     out = ctx.pool.acquire(bound)
+    started = time.perf_counter()
     try:
         frame = ctx.compressor(choice.level).compress(plain)
     except BaseException:
         ctx.pool.release(out)
         raise
+    ctx.record_speed(choice.level, chunk.plain_size, time.perf_counter() - started)
     ratio = len(frame) / max(chunk.plain_size, 1)
     chunk.actual_ratio = ratio
     wire_now = chunk.payload.nbytes / max(chunk.plain_size, 1)
@@ -462,7 +506,10 @@ class StagingEngine:
         self.sequential = sequential
         self._fixed_bandwidth = fixed_bandwidth
         self._clock = clock
-        threads = config.max_concurrent_staging or (psutil.cpu_count() or 1)
+        self._bandwidth_now: float | None = None
+        # Default: one core is left to the event loop, whose QUIC packets (encryption,
+        # pacing) must never wait behind compression; the rest stage.
+        threads = config.max_concurrent_staging or (psutil.cpu_count() or 2) - 1
         self.threads = max(1, threads)
         self.stats = StagingStats(
             mode="sequential" if sequential else "pipelined",
@@ -478,6 +525,7 @@ class StagingEngine:
         self._streams = min(2, self.max_streams)
         self._lookahead = min(config.staging_queue_depth, max(2 * self._streams, 2))
         self.stats.lookahead_min = self.stats.lookahead_max = self._lookahead
+        self._bandwidth_now = self._measure_bandwidth()
 
     # -- measurements and adaptation --------------------------------------------------------
 
@@ -485,6 +533,12 @@ class StagingEngine:
         return self.monitor.estimate(self._clock())
 
     def _bandwidth(self) -> float | None:
+        """The rate decisions use: refreshed on the event loop (``_adapt``), read by staging
+        threads as a plain attribute (the monitor is not thread-safe, and its trend fit costs
+        more than a decision should)."""
+        return self._bandwidth_now
+
+    def _measure_bandwidth(self) -> float | None:
         if self._fixed_bandwidth is not None:
             return self._fixed_bandwidth
         est = self.estimate()
@@ -505,6 +559,7 @@ class StagingEngine:
         return int(min(MAX_BATCH, max(MIN_BATCH, bw * seconds)))
 
     def _adapt(self) -> None:
+        self._bandwidth_now = self._measure_bandwidth()
         cfg = self.config
         if self._memory_probe() > cfg.memory_pressure_threshold:
             if not self._pressure:
@@ -519,7 +574,10 @@ class StagingEngine:
             bw = self._bandwidth()
             batch = self._batch_bytes()
             if bw and self._put_latency:
-                streams = math.ceil(self._put_latency * bw / batch)
+                # Puts in flight needed so that one is always writing while the others wait
+                # for the server's answer, plus one: the estimate is our own throughput, and
+                # an under-driven link would otherwise confirm itself.
+                streams = math.ceil(self._put_latency * bw / batch) + 1
                 self._streams = max(min(2, self.max_streams), min(self.max_streams, streams))
             per_batch = max(1, batch // max(self._mean_wire, 1))
             depth = self._streams * per_batch
@@ -561,6 +619,7 @@ class StagingEngine:
         """
         started = self._clock()
         cpu0 = time.process_time()
+        self._bandwidth_now = self._measure_bandwidth()
         ctx = StagingContext(
             self.config,
             self.pool,
@@ -771,6 +830,7 @@ class StagingEngine:
         )
         self.monitor.record_acked(done, sum(c.wire_size for c in batch))
         self._record_transport(done)
+        self._bandwidth_now = self._measure_bandwidth()
         for chunk in batch:
             self.stats.count(chunk)
 

@@ -152,6 +152,7 @@ class PackBlobStore:
         self._thread_lock = threading.RLock()  # repack calls durable(), which calls flush()
         self._fd_lock = threading.Lock()
         self._read_fds: dict[int, int] = {}
+        self._paths: dict[int, Path] = {}
         self._dirty: set[int] = set()
         self._closed = False
         self._direct: _DirectAppender | None = None if direct_io is False else _DirectAppender()
@@ -251,18 +252,22 @@ class PackBlobStore:
             )
         return record[_RECORD_HEADER.size :], where.plain_size
 
-    def read_record_into(self, oid: ObjectId, out: memoryview) -> tuple[int, int, int]:
+    def read_record_into(
+        self, oid: ObjectId, out: memoryview, where: PackLocation | None = None
+    ) -> tuple[int, int, int]:
         """Copy ``oid``'s whole record (id, length, at-rest form) into ``out`` with one preadv.
 
         For copying records between packs without an intermediate buffer (the server promotes
-        temp records this way). Only the record header is checked; returns (record length,
-        stored length, plain length).
+        temp records this way; push staging reads into pooled buffers). Only the record header
+        is checked; returns (record length, stored length, plain length). ``where``, from a
+        ``locate`` the caller just made (to size ``out``), saves a second index lookup.
 
         Raises:
             ValueError: ``out`` is too small for the record.
         """
         for attempt in range(2):
-            where = self.locate(oid)
+            if attempt or where is None:
+                where = self.locate(oid)
             size = _RECORD_HEADER.size + where.stored_size
             if len(out) < size:
                 raise ValueError(f"record of {size} bytes does not fit a {len(out)}-byte buffer")
@@ -356,9 +361,12 @@ class PackBlobStore:
         if len(raw) != _LOCATION.size:
             raise CorruptObjectError(f"chunk {short_id(oid)} has a malformed index entry")
         pack, offset, stored_size, plain_size = _LOCATION.unpack(raw)
+        path = self._paths.get(pack)
+        if path is None:  # pathlib joins cost more than the index lookup itself
+            path = self._paths[pack] = self._dir / _pack_name(pack)
         return PackLocation(
             pack=pack,
-            path=self._dir / _pack_name(pack),
+            path=path,
             record_offset=offset,
             data_offset=offset + _RECORD_HEADER.size,
             stored_size=stored_size,
