@@ -190,9 +190,7 @@ def bench(work: Path, link_mb_s: float, compressible_mib: int, video_mib: int) -
                     for name, analysis in (("video_off", False), ("video_on", True)):
                         again = f"{name}_2"
                         repo.config.set("staging.enable_content_analysis", analysis)
-                        out[again] = _push(
-                            repo, server.url(again), tokens[again], hosts, again
-                        )
+                        out[again] = _push(repo, server.url(again), tokens[again], hosts, again)
     p, s = out["pipelined"], out["sequential"]
     link_plain = link / p["wire_ratio"] / 1e6 if p["wire_ratio"] else link_mb_s
     # The CPU rate of the run itself: what the staging threads did per second of their own

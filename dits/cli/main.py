@@ -84,8 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in args or os.environ.get("DITS_DEBUG") == "1"
     try:
         cli.main(args=args, prog_name="dits", standalone_mode=False)
-    except click.exceptions.Abort:
-        click.echo("aborted", err=True)
+    except click.exceptions.Abort:  # click's form of Ctrl-C (KeyboardInterrupt)
+        click.echo("dits: interrupted", err=True)
         return 130
     except click.ClickException as exc:
         exc.show()

@@ -163,6 +163,7 @@ class StagingStats:
     streams_max: int = 0
     staging_threads: int = 0
     memory_pressure_events: int = 0
+    process_peak_rss: int | None = None  # this process's VmHWM when the run ended (Linux)
     network: dict[str, Any] = field(default_factory=dict)
     _accuracy_sum: float = 0.0
     _accuracy_n: int = 0
@@ -456,6 +457,21 @@ def cached_machine_model(cache_dir: Path | None = None) -> CompressionModel:
     return model
 
 
+def peak_rss() -> int | None:
+    """This process's peak resident set (VmHWM) in bytes; None where /proc is not Linux's.
+
+    Not ``ru_maxrss``: for a process started by fork + exec that also counts the parent's pages
+    before the exec."""
+    try:
+        with open("/proc/self/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
 def memory_in_use() -> float:
     """The fraction of this machine's memory in use (psutil)."""
     return float(psutil.virtual_memory().percent) / 100.0
@@ -643,6 +659,7 @@ class StagingEngine:
             self.stats.buffer_allocations = self.pool.allocations
             self.stats.buffer_reuses = self.pool.reuses
             self.stats.network = self.estimate().to_json()
+            self.stats.process_peak_rss = peak_rss()
         return self.stats
 
     async def _stage_one(

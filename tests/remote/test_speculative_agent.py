@@ -99,8 +99,18 @@ def test_saved_file_is_presynced_then_add_and_push_are_instant(
     data = random_bytes(6 * MiB, seed=41)
     (dits.cwd / "cut.mov").write_bytes(data)
     (dits.cwd / "cut.prproj").write_bytes(b"<project/>" * 1000)
-    doc = wait_for(dits, lambda d: d["bytes_uploaded"] >= len(data) and d["files_processed"] >= 2)
+    project = 10_000  # plain bytes of cut.prproj, counted as such even if sent compressed
+    doc = wait_for(
+        dits,
+        lambda d: d["bytes_uploaded"] >= len(data) + project and d["files_processed"] >= 2,
+    )
     assert doc["failures"] == 0, doc
+    # The uploads went through the staging engine push uses; status shows its figures.
+    staged = doc["staging"]
+    assert staged["plain_bytes"] >= len(data) and staged["chunks"] > 0
+    assert 0 < staged["buffer_peak_bytes"] <= staged["buffer_limit_bytes"]
+    code, out, err = dits("speculative", "status")
+    assert code == 0 and "stage-ahead hits" in out, err
 
     code, out, err = dits("speculative", "coverage", "cut.mov", "--json")
     assert code == 0, err
