@@ -303,7 +303,11 @@ class Agent:
         if kind == "grow":
             growing = self._growing.get(path)
             if growing is None:
-                growing = self._growing[path] = GrowingFile(self.repo, path)
+                # [staging] chunk_boundary_lookahead: how far past its last cut a render in
+                # progress is read per pass.
+                lookahead = self.uploader.staging_config.chunk_boundary_lookahead
+                growing = GrowingFile(self.repo, path, window_size=lookahead)
+                self._growing[path] = growing
             return [(c.id, c.size) for c in growing.advance()]
         self._growing.pop(path, None)
         if self._already_added(path):

@@ -2,7 +2,7 @@
 
 This module owns the settings of predictive chunk staging and their defaults; units are parsed
 by ``dits.config_values``. It reads a ``Config`` it is given and nothing else (no environment,
-no CPU count: ``max_concurrent_staging = 0`` is resolved to the core count by the engine). A
+no CPU count: ``max_concurrent_staging = 0`` is resolved by the engine to the cores but one). A
 bad value raises ``ConfigError`` (a ``UsageError``) naming the key and what was expected.
 ``unknown_keys`` lists keys this version does not know so the CLI can warn about typos.
 """
@@ -29,7 +29,8 @@ class StagingConfig:
 
     Attributes:
         max_buffer_size_mb: MiB of memory staged chunks may hold at once (at least 1).
-        max_concurrent_staging: staging threads; 0 = one per CPU core (resolved by the engine).
+        max_concurrent_staging: staging threads; 0 = one per CPU core but one (resolved by the
+            engine).
         staging_queue_depth: the most chunks staged ahead of the wire.
         content_analysis_window: bytes from the middle of a chunk that content analysis
             compresses to predict the chunk's ratio.
@@ -50,7 +51,7 @@ class StagingConfig:
     staging_queue_depth: int = 64
     content_analysis_window: int = 16384
     network_prediction_window: float = 2.0
-    chunk_boundary_lookahead: int = 8 * MIB
+    chunk_boundary_lookahead: int = 16 * MIB
     enable_adaptive_sizing: bool = True
     enable_content_analysis: bool = True
     enable_network_prediction: bool = True
@@ -85,7 +86,7 @@ class StagingConfig:
             ),
             network_prediction_window=r.duration("network_prediction_window", 2.0, positive=True),
             chunk_boundary_lookahead=r.size(
-                "chunk_boundary_lookahead", 8 * MIB, minimum=MIN_BOUNDARY_LOOKAHEAD
+                "chunk_boundary_lookahead", 16 * MIB, minimum=MIN_BOUNDARY_LOOKAHEAD
             ),
             enable_adaptive_sizing=r.boolean("enable_adaptive_sizing", True),
             enable_content_analysis=r.boolean("enable_content_analysis", True),

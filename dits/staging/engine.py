@@ -88,7 +88,7 @@ MAX_BATCH = 8 * MiB
 BATCH_SECONDS = 0.25
 """A put carries about this much time of the predicted bandwidth (fewer round trips on a fast
 link, sooner acknowledgements on a slow one)."""
-ENTROPY_EVERY = 16
+ENTROPY_EVERY = 64
 """Shannon entropy is measured on one chunk in this many (its numpy histogram costs more than
 the zstd probe that makes the decision); the figure is reported, never used to decide."""
 AT_REST_LEVEL = 3
@@ -614,7 +614,7 @@ class StagingEngine:
             figures = self._transport_stats()
         except Exception:  # figures are best effort; a closed connection has none
             return
-        rtt = figures.get("smoothed_rtt")
+        rtt = figures.get("smoothed_rtt", figures.get("rtt"))  # QUIC's name, TCP_INFO's
         self.monitor.record_transport(
             now,
             rtt=float(rtt) if rtt is not None else None,

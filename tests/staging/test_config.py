@@ -28,7 +28,7 @@ def test_defaults_match_the_documentation(tmp_path: Path) -> None:
     assert cfg.staging_queue_depth == 64
     assert cfg.content_analysis_window == 16384
     assert cfg.network_prediction_window == 2.0
-    assert cfg.chunk_boundary_lookahead == 8 * MIB
+    assert cfg.chunk_boundary_lookahead == 16 * MIB
     assert cfg.enable_adaptive_sizing is True
     assert cfg.enable_content_analysis is True
     assert cfg.enable_network_prediction is True
