@@ -32,6 +32,11 @@ def test_push_and_clone_survive_loss_reordering_and_duplication(
         report = json.loads(out)
         assert report["transport"] == "quic"
         assert report["chunks_sent"] == report["chunks_total"] > 5
+        # The staging engine's network monitor got QUIC's RTT (the proxy adds 3 ms each way)
+        # and packet counters (qh3, the library dits prefers, counts lost packets).
+        network = report["staging"]["network"]
+        assert network["rtt"] is not None and network["rtt"] >= 0.003
+        assert network["loss_rate"] is not None and 0 <= network["loss_rate"] < 0.5
         clone_dir = tmp_path / "clone"
         code, out, err = DitsRunner(tmp_path)(
             "clone", url, str(clone_dir), "--token", server.read_token, "--transport", "quic"

@@ -50,3 +50,16 @@ def test_lmdb_only_inside_store() -> None:
         if "store" in path.parts:
             continue
         assert "lmdb" not in {n.split(".")[0] for n in imports(path)}, path
+
+
+def test_staging_sits_below_ops_and_its_decisions_do_no_io() -> None:
+    # STYLE.md: core <- (protocol, store) <- (transport, repository, staging) <- ops <- cli.
+    for path in (ROOT / "dits" / "staging").glob("*.py"):
+        names = {n for n in imports(path) if n.startswith("dits.")}
+        bad = {n for n in names if n.split(".")[1] in ("ops", "cli", "speculative", "net")}
+        assert not bad, f"{path.name} imports {bad}"
+    for name in ("analysis.py", "network.py", "config.py"):
+        bad = {
+            n for n in imports(ROOT / "dits" / "staging" / name) if n.split(".")[0] in IO_MODULES
+        }
+        assert not bad, f"staging/{name} imports {bad}"
