@@ -384,7 +384,8 @@ async def _send_chunks(
         if on_bytes is not None:
             on_bytes(sum(c.plain_size for c in batch))
 
-    return await engine.run(chunks, StoredChunkStager(repo.chunks), send)
+    probed = repo.config.get("core.compression") is not False  # see StoredChunkStager
+    return await engine.run(chunks, StoredChunkStager(repo.chunks, raw_was_probed=probed), send)
 
 
 async def _send_objects(repo: Repository, session: RemoteSession, ids: list[ObjectId]) -> None:

@@ -325,7 +325,9 @@ class Uploader:
             await session.put_speculative(chunks, pace=self.bucket.take)
             msgs.extend(batch)
 
-        stats = await engine.run(items, StoredChunkStager(self.repo.chunks), put)
+        probed = self.repo.config.get("core.compression") is not False
+        stager = StoredChunkStager(self.repo.chunks, raw_was_probed=probed)
+        stats = await engine.run(items, stager, put)
         self._add_staging(stats)
         sent = [m.id for m in msgs]
         self.cache.mark_on_server(sent, self.clock() + self.chunk_ttl)

@@ -325,10 +325,16 @@ class StoredChunkStager:
     Reads each record straight into a pool buffer (one ``preadv`` for pack stores). A RAW
     chunk is probed (``analyze``) and compressed when the measured link makes it pay; a zstd
     chunk is sent as stored, or recompressed at a higher level when the link is slow enough.
+
+    ``raw_was_probed``: the store compresses at rest (``core.compression``), so a chunk stored
+    RAW already failed the same 512-byte zstd probe, or compressed by less than 5 % as a whole,
+    when it was added. It goes as it is without being analysed again: compressed video, most
+    of what a push moves, then costs no decision at all.
     """
 
-    def __init__(self, store: Any) -> None:
+    def __init__(self, store: Any, *, raw_was_probed: bool = False) -> None:
         self._store = store
+        self._raw_was_probed = raw_was_probed
         self._read_into = getattr(store, "read_record_into", None)
         self._get_stored = getattr(store, "get_stored", None)
 
@@ -336,7 +342,11 @@ class StoredChunkStager:
         started = time.perf_counter()
         buf, stored = self._read(ctx.pool, oid)
         chunk = StagedChunk(oid, Encoding(stored[0]), plain_size, stored[1:], [buf])
-        if ctx.config.enable_content_analysis:
+        if not ctx.config.enable_content_analysis:
+            pass
+        elif self._raw_was_probed and chunk.encoding is Encoding.RAW:
+            chunk.analysis, chunk.choice = _PROBED_AT_REST, _INCOMPRESSIBLE
+        else:
             _encode_for_wire(ctx, chunk)
         chunk.stage_seconds = time.perf_counter() - started
         return chunk
@@ -362,6 +372,7 @@ class StoredChunkStager:
 
 
 _INCOMPRESSIBLE = WireChoice(None, 1.0, 0.0, 0.0, "incompressible")
+_PROBED_AT_REST = ContentAnalysis(ContentClass.RANDOM, 1.0, None, 0)
 
 
 def _encode_for_wire(ctx: StagingContext, chunk: StagedChunk) -> None:
