@@ -208,35 +208,43 @@ def calibration_sample(size: int = CALIBRATION_SAMPLE_SIZE) -> bytes:
     return b"".join(parts)[:size]
 
 
-def _xml_block(rng: random.Random, size: int) -> bytes:
+def _lines_block(rng: random.Random, size: int, line: Callable[[random.Random], str]) -> bytes:
     lines: list[str] = []
     length = 0
     while length < size:
-        line = (
-            f'  <clipitem id="clipitem-{rng.randrange(10**5)}"><name>A{rng.randrange(999):03d}'
-            f"_C{rng.randrange(999):03d}_{rng.randrange(10**6):06d}.mov</name>"
-            f"<start>{rng.randrange(10**5)}</start><end>{rng.randrange(10**5)}</end>"
-            f"<rate><timebase>{rng.choice((24, 25, 30, 60))}</timebase></rate></clipitem>\n"
-        )
-        lines.append(line)
-        length += len(line)
+        text = line(rng)
+        lines.append(text)
+        length += len(text)
     return "".join(lines).encode()[:size]
+
+
+def _xml_line(rng: random.Random) -> str:
+    return (
+        f'  <clipitem id="clipitem-{rng.randrange(10**5)}"><name>A{rng.randrange(999):03d}'
+        f"_C{rng.randrange(999):03d}_{rng.randrange(10**6):06d}.mov</name>"
+        f"<start>{rng.randrange(10**5)}</start><end>{rng.randrange(10**5)}</end>"
+        f"<rate><timebase>{rng.choice((24, 25, 30, 60))}</timebase></rate></clipitem>\n"
+    )
+
+
+_LOG_LEVELS: Final = ("INFO", "INFO", "INFO", "DEBUG", "WARN")
+
+
+def _log_line(rng: random.Random) -> str:
+    return (
+        f"2024-06-{rng.randrange(1, 31):02d}T{rng.randrange(24):02d}:{rng.randrange(60):02d}"
+        f":{rng.randrange(60):02d}.{rng.randrange(1000):03d} {rng.choice(_LOG_LEVELS)} "
+        f"render frame={rng.randrange(10**5)} took={rng.randrange(2000)}ms "
+        f"cache={'hit' if rng.random() < 0.7 else 'miss'}\n"
+    )
+
+
+def _xml_block(rng: random.Random, size: int) -> bytes:
+    return _lines_block(rng, size, _xml_line)
 
 
 def _log_block(rng: random.Random, size: int) -> bytes:
-    levels = ("INFO", "INFO", "INFO", "DEBUG", "WARN")
-    lines: list[str] = []
-    length = 0
-    while length < size:
-        line = (
-            f"2024-06-{rng.randrange(1, 31):02d}T{rng.randrange(24):02d}:{rng.randrange(60):02d}"
-            f":{rng.randrange(60):02d}.{rng.randrange(1000):03d} {rng.choice(levels)} "
-            f"render frame={rng.randrange(10**5)} took={rng.randrange(2000)}ms "
-            f"cache={'hit' if rng.random() < 0.7 else 'miss'}\n"
-        )
-        lines.append(line)
-        length += len(line)
-    return "".join(lines).encode()[:size]
+    return _lines_block(rng, size, _log_line)
 
 
 def _image_block(rng: random.Random, size: int) -> bytes:
