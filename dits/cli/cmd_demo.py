@@ -34,6 +34,7 @@ from dits.remotes import KnownHosts, add_remote
 from dits.repository import Repository
 from dits.speculative.control import AgentPaths
 from dits.speculative.oneshot import sync_folder
+from dits.speculative.stager import racy_window_for
 from dits.store.speculative import SpeculativeCache
 
 
@@ -169,6 +170,15 @@ def demo_cmd(ctx: Ctx, directory: Path | None, size_mb: int, as_json: bool) -> N
             f"{human_bytes(push1.bytes_sent)} in {push1.seconds:.2f} s",
         )
         edit_project(root)
+        # The agent stages a saved file once it has settled (its debounce, 2 s by default); a
+        # manifest of a file modified within the racy window of its staging is not recorded
+        # (the file could still change within its timestamp's granularity). Wait that out.
+        settle = max(
+            racy_window_for(p.stat()) - (time.time() - p.stat().st_mtime)
+            for p in root.rglob("*")
+            if p.is_file() and ".dits" not in p.relative_to(root).parts
+        )
+        time.sleep(max(settle, 0.0) + 0.01)
         # What the background agent does while the editor saves: chunk and pre-upload.
         presync = resumed_once(
             ctx,

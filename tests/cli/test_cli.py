@@ -184,7 +184,7 @@ def test_demo_pushes_to_a_local_server_and_clones(dits: DitsRunner) -> None:
     # the sync's manifests for the changed files instead of reading them again.
     sync = figures["speculative_sync"]
     assert sync["chunks_uploaded"] > 0 and sync["chunks_skipped"] > 0 and not sync["errors"]
-    assert figures["second_add_files_from_agent"] >= 1
+    assert figures["second_add_files_from_agent"] == 3  # the video, the frame, the project
     push2 = figures["push2"]
     assert push2["chunks_sent"] == 0 < push2["chunks_total"]
     assert push2["chunks_already_on_server"] == push2["chunks_total"]
