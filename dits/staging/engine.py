@@ -94,6 +94,10 @@ the zstd probe that makes the decision); the figure is reported, never used to d
 AT_REST_LEVEL = 3
 """The zstd level ``dits add`` stores compressible chunks at (``dits.store``)."""
 KEEP_MAX_RATIO = 0.95
+ADAPT_INTERVAL = 0.02
+"""Seconds between two refreshes of the bandwidth-driven sizes (lookahead, streams, batch)."""
+MEMORY_INTERVAL = 0.25
+"""Seconds between two reads of the machine's memory use."""
 RECORD_OVERHEAD = 64
 """Pack record header bytes read along with a chunk's stored form."""
 MAX_RECORD = 2 * MiB
@@ -548,6 +552,8 @@ class StagingEngine:
         self._put_latency: float | None = None
         self._mean_wire = 256 << 10
         self._pressure = False
+        self._adapted_at = -math.inf
+        self._memory_at = -math.inf
         self._in_flight = 0
         self._streams = min(2, self.max_streams)
         self._lookahead = min(config.staging_queue_depth, max(2 * self._streams, 2))
@@ -586,14 +592,23 @@ class StagingEngine:
         return int(min(MAX_BATCH, max(MIN_BATCH, bw * seconds)))
 
     def _adapt(self) -> None:
+        # Runs on the event loop before each chunk is staged; the estimate (~10 µs) and the
+        # memory probe (/proc/meminfo, ~45 µs) are refreshed at most every ADAPT_INTERVAL and
+        # MEMORY_INTERVAL, not per chunk (thousands per second on a fast link).
+        now = self._clock()
+        if now - self._adapted_at < ADAPT_INTERVAL:
+            return
+        self._adapted_at = now
         self._bandwidth_now = self._measure_bandwidth()
         cfg = self.config
-        if self._memory_probe() > cfg.memory_pressure_threshold:
-            if not self._pressure:
-                self.stats.memory_pressure_events += 1
-            self._pressure = True
-        else:
-            self._pressure = False
+        if now - self._memory_at >= MEMORY_INTERVAL:
+            self._memory_at = now
+            if self._memory_probe() > cfg.memory_pressure_threshold:
+                if not self._pressure:
+                    self.stats.memory_pressure_events += 1
+                self._pressure = True
+            else:
+                self._pressure = False
         if not cfg.enable_adaptive_sizing:
             self._streams = self.max_streams
             depth = cfg.staging_queue_depth
