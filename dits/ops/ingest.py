@@ -2,26 +2,39 @@
 
 Theory of operation
 -------------------
-A file is read in windows into buffers taken from a fixed pool (so memory stays bounded, a
-10 GiB file costs the same as a 100 MiB one). Each window starts at the previous window's last
-cut: the uncut tail is carried over, so the Chunker always sees whole chunks. Per window, four
-stages overlap on separate threads, each in compiled code that releases the GIL:
+A file is read in windows (so memory stays bounded, a 10 GiB file costs the same as a 100 MiB
+one). Each window starts at the previous window's last cut: the uncut tail is carried over, so
+the Chunker always sees whole chunks. Per window, four stages overlap on separate threads, each
+in compiled code that releases the GIL:
 
-    main thread      read (readinto) + FastCDC cut points
+    main thread      FastCDC cut points (files read with readv: a reader thread fills buffers)
     chunk hasher     BLAKE3 of every chunk (the chunk ids)
     file hasher      BLAKE3 of the whole file, in order
-    store writer     batches chunks into LMDB write transactions (skips ids already stored)
+    store writer     batches chunks into store writes (skips ids already stored)
 
-A buffer returns to the pool only when the file hasher and the writer are done with it. Files
-that change while being read (size or mtime differ before and after) are read again, up to
-``max_reads`` times, then refused with FileChangedError. Whatever a failed read stored is just
-unreferenced chunks that `gc` drops; nothing references them.
+Files of ``MMAP_MIN`` bytes or more are read through a read-only mapping held under a read
+lease (``_LeasedMap``): the windows are views of the mapping, so there is no reader thread and
+no copy out of the page cache, and the lease keeps anyone from truncating or rewriting the file
+while its pages are touched (a truncated mapping raises SIGBUS in C code). Where the lease or
+the mapping is refused (the file is open for writing, is not ours, or the file system cannot)
+the file is read with ``readv`` into buffers from a fixed pool. Either way at most
+``pool_buffers`` windows are in flight, and a window is let go (its buffer back to the pool, or
+its pages dropped from the mapping) only when the file hasher and the writer are done with it.
+
+Files that change while being read (size or mtime differ before and after, or a writer asked
+for the lease) are read again, up to ``max_reads`` times, then refused with FileChangedError.
+Whatever a failed read stored is just unreferenced chunks that `gc` drops; nothing references
+them.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
+import mmap
 import os
 import queue
+import signal
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -42,6 +55,10 @@ WINDOW_SIZE = 16 << 20
 SMALL_FILE = 4 << 20  # read whole, hashed inline: thread hand-offs cost more than they save
 BATCH_BYTES = 32 << 20
 POOL_BUFFERS = 8
+MMAP_MIN = 64 << 20  # files from this size are read through a leased mapping (see above)
+
+_MADV_POPULATE_READ = 22  # Linux 5.14; Python 3.11's mmap has no name for it
+_PAGE = mmap.PAGESIZE
 
 
 class FileChangedError(DitsError):
@@ -132,6 +149,10 @@ class _Writer:
             for release in self.releases:
                 release()
             self.releases.clear()
+
+    def drain(self) -> None:
+        """Commit everything submitted so far; a store error stays for ``check``/``flush``."""
+        self.executor.submit(self._commit).result()
 
     def check(self) -> None:
         """Re-raise a store error early, so a full disk stops a long read."""
@@ -273,6 +294,12 @@ class Ingestor:
             profile = self.profile_for(name, before.st_size)
             if before.st_size <= SMALL_FILE:
                 return self._read_small(fd, before, profile)
+            if before.st_size >= MMAP_MIN:
+                mapped = _LeasedMap.open(fd, before)
+                if mapped is _CHANGED:
+                    return None
+                if isinstance(mapped, _LeasedMap):
+                    return self._read_mapped(mapped, before, profile)
             chunker = Chunker(profile)
             file_hasher = blake3.blake3()
             id_futures: list[Future[list[ObjectId]]] = []
@@ -335,6 +362,69 @@ class Ingestor:
             os.close(fd)
         ids_all = [oid for fut in id_futures for oid in fut.result()]
         return self._finish(profile, before, after, read_total, file_hasher, ids_all, sizes)
+
+    def _read_mapped(
+        self, mapped: _LeasedMap, before: os.stat_result, profile: ChunkingProfile
+    ) -> tuple[Manifest, os.stat_result] | None:
+        """The read loop of ``_read_once`` over a leased mapping: no reader thread, no copy.
+
+        Windows are laid out exactly as the buffered path lays them out (the uncut tail of one
+        window, then ``window_size`` new bytes), so the chunker sees the same calls. At most
+        ``pool_buffers`` windows are in flight; a window's pages are dropped from the mapping
+        once the file hasher and the writer are done with it.
+        """
+        chunker = Chunker(profile)
+        file_hasher = blake3.blake3()
+        id_futures: list[Future[list[ObjectId]]] = []
+        sizes: list[int] = []
+        size = before.st_size
+        view = mapped.view
+        inflight = threading.Semaphore(self._pool_size)
+        window_start = read_end = 0
+        broken = False
+        try:
+            while True:
+                self._writer.check()
+                if mapped.broken():
+                    broken = True  # a writer waits for the lease: let it go, read again
+                    break
+                inflight.acquire()
+                end = min(size, read_end + self.window_size)
+                eof = end == size
+                mapped.populate(read_end, end)
+                window = view[window_start:end]
+                cut_ends = chunker.cuts(window, window_start, eof)
+                starts = [window_start, *cut_ends[:-1]] if cut_ends else []
+                chunk_views = [
+                    window[s - window_start : e - window_start]
+                    for s, e in zip(starts, cut_ends, strict=True)
+                ]
+                sizes.extend(len(v) for v in chunk_views)
+                consumed = (cut_ends[-1] - window_start) if cut_ends else 0
+                release = mapped.releaser(window_start + consumed, inflight)
+                self._file_hasher.submit(_update_then, file_hasher, window[:consumed], release)
+                ids = self._hasher.submit(_hash_all, chunk_views)
+                id_futures.append(ids)
+                self._writer.submit(ids, chunk_views, release)
+                del window, chunk_views
+                window_start += consumed
+                if self.on_bytes is not None:
+                    self.on_bytes(end - read_end)
+                read_end = end
+                if eof:
+                    break
+            after = os.fstat(mapped.fd)
+        finally:
+            # Nothing may touch the mapping once the lease is gone: wait for every consumer.
+            self._file_hasher.submit(_nothing).result()
+            self._hasher.submit(_nothing).result()
+            self._writer.drain()
+            mapped.close()
+        if broken:
+            return None
+        self._writer.check()
+        ids_all = [oid for fut in id_futures for oid in fut.result()]
+        return self._finish(profile, before, after, read_end, file_hasher, ids_all, sizes)
 
     def _read_small(
         self, fd: int, before: os.stat_result, profile: ChunkingProfile
@@ -449,6 +539,121 @@ class _WindowReader:
                 break
             if not isinstance(item, BaseException):
                 self._ingestor._pool.put(item[0])
+
+
+class _LeasedMap:
+    """A read-only mapping of a whole file, held under a read lease (``fcntl(F_SETLEASE)``).
+
+    A mapped file that another process truncates raises SIGBUS in whatever thread touches a
+    page past the new end, and Python cannot recover from that. The lease closes that hole:
+    while it is held no one can open the file for writing or truncate it (the kernel makes
+    them wait for up to ``/proc/sys/fs/lease-break-time`` seconds, 45 by default) and tells
+    the holder. The reader polls for that once per window, stops, waits for every thread that
+    still reads the mapping, and lets go; the file then counts as changed and is read again
+    (through ``readv``, since the writer now has it open). A file that is open for writing
+    already, that this user does not own, or that lives on a file system without leases or
+    mmap gets no lease and is read with ``readv`` as before. The lease also means the bytes
+    cannot change while they are hashed and stored, so a chunk's id always matches its bytes.
+
+    The lease-break signal is SIGURG (ignored by default) instead of SIGIO, whose default
+    action kills the process. Pages are prefaulted a window at a time with
+    ``MADV_POPULATE_READ``, so a read error is an ``OSError`` here rather than SIGBUS in a
+    hashing thread, and dropped with ``MADV_DONTNEED`` behind the consumers, so resident
+    memory stays at the windows in flight.
+    """
+
+    def __init__(self, fd: int, size: int, mm: mmap.mmap) -> None:
+        self.fd = fd
+        self._mm = mm
+        self.view = memoryview(mm)
+        self._dropped = 0  # pages below this offset are no longer mapped in
+        self._lock = threading.Lock()
+        self._populate = True
+
+    @staticmethod
+    def open(fd: int, before: os.stat_result) -> _LeasedMap | object | None:
+        """The leased mapping; None where mmap or leases are refused; _CHANGED if the file
+        changed between ``before`` and taking the lease."""
+        try:
+            fcntl.fcntl(fd, fcntl.F_SETSIG, signal.SIGURG)
+            fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
+        except (OSError, AttributeError):
+            return None  # EAGAIN: open for writing; EACCES: not ours; EINVAL: no leases here
+        try:
+            now = os.fstat(fd)
+            if now.st_size != before.st_size or now.st_mtime_ns != before.st_mtime_ns:
+                _unlease(fd)
+                return _CHANGED
+            mm = mmap.mmap(fd, before.st_size, access=mmap.ACCESS_READ)
+        except (OSError, ValueError):
+            _unlease(fd)
+            return None
+        return _LeasedMap(fd, before.st_size, mm)
+
+    def broken(self) -> bool:
+        """Someone waits to write or truncate the file (or the lease is gone)."""
+        return bool(fcntl.fcntl(self.fd, fcntl.F_GETLEASE) != fcntl.F_RDLCK)
+
+    def populate(self, start: int, end: int) -> None:
+        """Fault ``[start, end)`` in now: an I/O error raises here, not SIGBUS later."""
+        if not self._populate or end <= start:
+            return
+        low = start - start % _PAGE
+        try:
+            self._mm.madvise(_MADV_POPULATE_READ, low, end - low)
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:  # EINVAL: a kernel before 5.14
+                raise OSError(errno.EIO, os.strerror(errno.EIO)) from None
+            self._populate = False
+
+    def releaser(self, upto: int, inflight: threading.Semaphore) -> Callable[[], None]:
+        """A release for one window: once the file hasher and the writer have both called it,
+        the pages below ``upto`` are dropped and another window may start."""
+        pending = [2]
+        lock = threading.Lock()
+
+        def release() -> None:
+            with lock:
+                pending[0] -= 1
+                done = pending[0] == 0
+            if done:
+                self._drop_below(upto)
+                inflight.release()
+
+        return release
+
+    def _drop_below(self, offset: int) -> None:
+        high = offset - offset % _PAGE
+        with self._lock:
+            low = self._dropped
+            if high <= low:
+                return
+            self._dropped = high
+            # Harmless even while another thread reads there: a file page faults back in.
+            self._mm.madvise(mmap.MADV_DONTNEED, low, high - low)
+
+    def close(self) -> None:
+        """Unmap and give the lease back. Call only when no thread reads the mapping."""
+        self.view.release()
+        try:
+            self._mm.close()
+        except BufferError:
+            pass  # a view is still referenced (a traceback): unmapped when it is collected
+        _unlease(self.fd)
+
+
+_CHANGED = object()
+
+
+def _unlease(fd: int) -> None:
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+    except OSError:
+        pass  # already broken and removed by the kernel
+
+
+def _nothing() -> None:
+    pass
 
 
 def _hash_all(views: list[memoryview]) -> list[ObjectId]:

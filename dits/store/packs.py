@@ -45,6 +45,7 @@ import os
 import struct
 import threading
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -555,8 +556,7 @@ class PackBlobStore:
                 # Some file systems refuse O_DIRECT at open, others only at the first write
                 # (another alignment): use the page cache from now on. Whatever the failed
                 # write left past ``start`` is overwritten below or cut by the next append.
-                # The buffer is left to the garbage collector: the exception's traceback may
-                # still hold views of it.
+                self._direct.close()  # buffers still viewed by the traceback wait for the GC
                 self._direct = None
         _pwrite_all(fd, buffers, start)
 
@@ -715,7 +715,7 @@ def _pwrite_all(fd: int, buffers: Sequence[bytes | memoryview], offset: int) -> 
 
 
 class _DirectAppender:
-    """Appends through O_DIRECT from one reused, page-aligned buffer.
+    """Appends through O_DIRECT from two reused, page-aligned buffers, one write in flight.
 
     On the VMs dits is measured on, copying bytes into fresh page-cache pages costs ~3 s of
     kernel CPU per GiB (a buffered write plus fsync of 1 GiB: 3.4 s of system time; the same
@@ -724,24 +724,55 @@ class _DirectAppender:
     written in whole blocks: the partial block in front of ``start`` is read back first, and
     the last block is padded with zeros past the committed end, which the next append cuts
     off or overwrites like any crash leftover. Called under the store's append lock.
+
+    A direct write returns only when the device has the bytes, so the writes go to a thread of
+    their own: one buffer is written while the next is filled (``dits add`` of page-cached
+    media spent 1.44 s of 1.87 s in ``pwrite`` for 2 GiB and 0.26 s copying, one after the
+    other). ``write`` returns once every write it started has finished, so the index is
+    committed only after the bytes are in the file, as before.
     """
 
     def __init__(self, capacity: int = _DIRECT_BUFFER) -> None:
         self._capacity = capacity
-        self._buffer: mmap.mmap | None = None
+        self._buffers: list[mmap.mmap] = []
+        self._io: ThreadPoolExecutor | None = None
 
     def close(self) -> None:
-        if self._buffer is not None:
-            self._buffer.close()
-            self._buffer = None
+        if self._io is not None:
+            self._io.shutdown(wait=True)
+            self._io = None
+        for buffer in self._buffers:
+            try:
+                buffer.close()
+            except BufferError:
+                pass  # a traceback still holds a view: freed when it is collected
+        self._buffers = []
 
     def write(
         self, fd: int, direct_fd: int, buffers: Sequence[bytes | memoryview], start: int
     ) -> None:
-        if self._buffer is None:
-            self._buffer = mmap.mmap(-1, self._capacity)  # page-aligned, reused for every write
-        buf = memoryview(self._buffer)
+        if not self._buffers:  # page-aligned, reused for every write
+            self._buffers = [mmap.mmap(-1, self._capacity) for _ in range(2)]
+        if self._io is None:
+            self._io = ThreadPoolExecutor(1, thread_name_prefix="dits-pack-io")
+        io = self._io
+        views = [memoryview(b) for b in self._buffers]
+        in_flight: list[Future[None] | None] = [None, None]
+        current = 0
+        capacity = self._capacity
+
+        def send(length: int, offset: int) -> None:
+            nonlocal current
+            in_flight[current] = io.submit(
+                _pwrite_direct, direct_fd, views[current][:length], offset
+            )
+            current ^= 1
+            previous, in_flight[current] = in_flight[current], None
+            if previous is not None:
+                previous.result()  # that buffer is free again (or its write failed)
+
         try:
+            buf = views[0]
             head = start % _BLOCK
             file_offset = start - head
             filled = 0
@@ -754,20 +785,31 @@ class _DirectAppender:
             for piece in buffers:
                 view = memoryview(piece).cast("B")
                 while view:
-                    take = min(len(view), self._capacity - filled)
+                    take = min(len(view), capacity - filled)
                     buf[filled : filled + take] = view[:take]
                     filled += take
                     view = view[take:]
-                    if filled == self._capacity:
-                        _pwrite_direct(direct_fd, buf, file_offset)
+                    if filled == capacity:
+                        send(filled, file_offset)
+                        buf = views[current]
                         file_offset += filled
                         filled = 0
             if filled:
                 padded = -(-filled // _BLOCK) * _BLOCK
                 buf[filled:padded] = bytes(padded - filled)
-                _pwrite_direct(direct_fd, buf[:padded], file_offset)
+                send(padded, file_offset)
         finally:
-            buf.release()
+            error: BaseException | None = None
+            for future in in_flight:  # never return while a buffer is being written
+                if future is not None:
+                    try:
+                        future.result()
+                    except BaseException as exc:
+                        error = error or exc
+            for view in views:
+                view.release()
+        if error is not None:
+            raise error
 
 
 def _pwrite_direct(fd: int, view: memoryview, offset: int) -> None:
