@@ -42,6 +42,7 @@ from dits.speculative.oneshot import remote_spec
 from dits.speculative.stager import GrowingFile, Stager
 from dits.speculative.uploader import Uploader
 from dits.speculative.watcher import TreeWatcher, WatchRoot, scan
+from dits.store.lock import holder_purpose
 from dits.store.speculative import SpeculativeCache
 
 __all__ = ["Agent", "stopped_status"]
@@ -51,6 +52,7 @@ log = logging.getLogger("dits.speculative")
 TICK = 0.25  # seconds between passes over the changed paths
 EDITOR_SCAN = 10.0  # seconds between looks for running editors
 RATE_SAVE = 5.0  # seconds between saving the measured upload rate (for coverage estimates)
+COMMAND_POLL = 0.1  # seconds between looks at the repository lock while a command holds it
 
 WORKTREE, WATCH_DIR, EDITOR_CACHE = 0, 1, 2
 
@@ -96,6 +98,7 @@ class Agent:
         self._growing: dict[Path, GrowingFile] = {}
         self._sizes: dict[Path, int] = {}
         self._wake = asyncio.Event()
+        self.command: str | None = None  # a user's dits command holding the repository lock
         self._watcher: TreeWatcher | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -138,6 +141,7 @@ class Agent:
         return {
             "state": "PAUSED" if self.user_paused else "ACTIVE",
             "reasons": sorted(reasons),
+            "yielding_to": self.command,
             "pid": os.getpid(),
             "started_at": self.started,
             "remote": self.remote,
@@ -202,6 +206,7 @@ class Agent:
             for decision in self.tracker.poll(now):
                 self._apply(decision)
             self.activity.record(written, now)
+            self._yield_to_commands()
             if self.cfg.pause_on_active_edit and self.activity.paused(now):
                 self.uploader.hold("active-edit")
             else:
@@ -231,6 +236,18 @@ class Agent:
         for decision in self.tracker.observe(path, st.st_size, st.st_mtime_ns, st.st_ino, now):
             self._apply(decision)
         return grew
+
+    def _yield_to_commands(self) -> bool:
+        """Hold staging and uploads while a user's command (add, commit, checkout ...) holds
+        the repository lock: that command does in the foreground what the agent would do in
+        the background (an `add` right after a render closes reads the very file the agent
+        would finalize), and sharing the cores would only make the user wait longer."""
+        self.command = holder_purpose(self.repo.dits_dir / "lock")
+        if self.command is not None:
+            self.uploader.hold("command")
+        else:
+            self.uploader.release("command")
+        return self.command is not None
 
     def _apply(self, decision: Any) -> None:
         path = decision.path
@@ -281,6 +298,9 @@ class Agent:
             if not self._jobs or self.user_paused or "active-edit" in self.uploader.holds():
                 self._wake.clear()
                 await _wait_either(stop, self._wake, 0.5)
+                continue
+            if self._yield_to_commands():
+                await _sleep_or_stop(stop, COMMAND_POLL)
                 continue
             prio, _, path, kind = heapq.heappop(self._jobs)
             if self._job_kind.get(path) != kind:
@@ -369,6 +389,7 @@ def stopped_status(paths: AgentPaths) -> dict[str, Any]:
     return {
         "state": "STOPPED",
         "reasons": [],
+        "yielding_to": None,
         "pid": None,
         "remote": None,
         "files_processed": counters.get("files_processed", 0),

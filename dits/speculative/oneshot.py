@@ -25,7 +25,7 @@ from dits.speculative.config import SpeculativeConfig
 from dits.speculative.control import AgentPaths
 from dits.speculative.stager import Stager
 from dits.speculative.uploader import Uploader
-from dits.store.speculative import SpeculativeCache
+from dits.store.speculative import SpeculativeCache, server_scope
 
 __all__ = ["CoverageReport", "FileCoverage", "SyncResult", "coverage", "sync_folder"]
 
@@ -206,11 +206,12 @@ def coverage(repo: Repository, files: list[Path], remote: str | None) -> Coverag
         manifests = [_manifest(cache, path) for path in files]
         ids = list(dict.fromkeys(c.id for m in manifests for c in m.chunks))
         source = "server"
+        spec = remote_spec(repo, remote)
         try:
-            present = asyncio.run(_ask_server(remote_spec(repo, remote), ids))
+            present = asyncio.run(_ask_server(spec, ids))
         except (OSError, ConnectionError, asyncio.IncompleteReadError, DitsError):
             source = "cache"
-            flags = cache.on_server(ids, time.time())
+            flags = cache.on_server(server_scope(str(spec.url), spec.token), ids, time.time())
             present = {oid for oid, on in zip(ids, flags, strict=True) if on}
         rate = cache.get_value("upload_rate")
     finally:

@@ -40,7 +40,7 @@ from dits.staging.bucket import TokenBucket
 from dits.staging.config import StagingConfig
 from dits.staging.engine import StagedChunk, StagingEngine, StagingStats, StoredChunkStager
 from dits.staging.network import NetworkMonitor
-from dits.store.speculative import SpeculativeCache
+from dits.store.speculative import SpeculativeCache, server_scope
 
 __all__ = ["BATCH_BYTES", "Uploader", "UploaderFigures"]
 
@@ -90,6 +90,8 @@ class Uploader:
         self.repo = repo
         self.cache = cache
         self.spec = spec
+        # What the cache says the server holds is about this remote repository and token only.
+        self.scope = server_scope(str(spec.url), spec.token) if spec is not None else b""
         self.workers = max(1, workers)
         self.chunk_ttl = chunk_ttl
         self.known_hosts = known_hosts
@@ -293,7 +295,7 @@ class Uploader:
         now = self.clock()
         sizes = {oid: size for _, _, oid, size in batch}
         ids = list(sizes)
-        known = self.cache.on_server(ids, now)
+        known = self.cache.on_server(self.scope, ids, now)
         todo = [oid for oid, on in zip(ids, known, strict=True) if not on]
         self._skipped(
             len(ids) - len(todo), sum(sizes[o] for o in ids) - sum(sizes[o] for o in todo)
@@ -303,7 +305,7 @@ class Uploader:
         session = await self._connect()
         present = await session.have(BlobKind.CHUNK, todo)
         if present:
-            self.cache.mark_on_server(present, now + self.chunk_ttl)
+            self.cache.mark_on_server(self.scope, present, now + self.chunk_ttl)
             self._skipped(len(present), sum(sizes[o] for o in present))
         send = [oid for oid in todo if oid not in present]
         if not send:
@@ -330,7 +332,7 @@ class Uploader:
         stats = await engine.run(items, stager, put)
         self._add_staging(stats)
         sent = [m.id for m in msgs]
-        self.cache.mark_on_server(sent, self.clock() + self.chunk_ttl)
+        self.cache.mark_on_server(self.scope, sent, self.clock() + self.chunk_ttl)
         nbytes = sum(sizes[o] for o in sent)
         self._acked.append((time.monotonic(), nbytes))
         self.figures.chunks_uploaded += len(sent)

@@ -43,14 +43,17 @@ atomic): the pattern of ``dits.core.compression``, without importing ``threading
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
-import numpy as np
-import numpy.typing as npt
 import zstandard
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
 
 __all__ = [
     "MIN_ANALYSIS_SIZE",
@@ -82,8 +85,17 @@ RANDOM_MIN_RATIO: Final = 0.97
 """Level-1 ratio at or above which a sample is RANDOM (zstd gains under 3 %)."""
 
 _PRINTABLE: Final = bytes(range(32, 127)) + b"\t\n\r"
-_PRINTABLE_MASK: Final = np.zeros(256, dtype=np.int64)
-_PRINTABLE_MASK[list(_PRINTABLE)] = 1
+
+
+@functools.cache
+def _printable_mask() -> npt.NDArray[np.int64]:
+    # numpy is imported on first use: it costs ~70 ms of start-up that a push of
+    # incompressible media never needs.
+    import numpy as np
+
+    mask = np.zeros(256, dtype=np.int64)
+    mask[list(_PRINTABLE)] = 1
+    return mask
 
 
 class ContentClass(StrEnum):
@@ -154,12 +166,16 @@ def _middle(view: memoryview, size: int) -> memoryview:
 
 
 def _histogram(view: memoryview) -> npt.NDArray[np.intp]:
+    import numpy as np
+
     return np.bincount(np.frombuffer(view, dtype=np.uint8), minlength=256)
 
 
 def _entropy_from_histogram(counts: npt.NDArray[np.intp], total: int) -> float:
     if total == 0:
         return 0.0
+    import numpy as np
+
     present = counts[counts.nonzero()]
     # H = -sum(c/n * log2(c/n)) = log2(n) - sum(c * log2 c) / n: one dot product, no division
     # per symbol.
@@ -223,7 +239,7 @@ def analyze(data: Buffer, *, window: int = 16384, measure_entropy: bool = True) 
     if measure_entropy:
         counts = _histogram(sample)
         entropy = _entropy_from_histogram(counts, sample_len)
-        printable = int(np.dot(counts, _PRINTABLE_MASK))
+        printable = int(counts @ _printable_mask())
     else:
         entropy = None
         printable = sample_len - len(sample.tobytes().translate(None, _PRINTABLE))

@@ -40,7 +40,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
-import numpy as np
 import zstandard
 
 from dits.staging.analysis import ContentAnalysis, ContentClass
@@ -248,6 +247,8 @@ def _log_block(rng: random.Random, size: int) -> bytes:
 
 
 def _image_block(rng: random.Random, size: int) -> bytes:
+    import numpy as np  # only for calibration samples: kept out of every command's start-up
+
     pixels = size // 4
     x = np.arange(pixels, dtype=np.int64)
     # Noise of -2..+2 per component from the seeded generator's bytes (stable across versions).

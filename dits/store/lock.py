@@ -32,7 +32,7 @@ from types import TracebackType
 
 from dits.errors import LockedError
 
-__all__ = ["RepoLock", "RepoLockedError"]
+__all__ = ["RepoLock", "RepoLockedError", "holder_purpose"]
 
 _POLL_SECONDS = 0.05
 
@@ -191,3 +191,32 @@ class RepoLock:
         if (then.tm_year, then.tm_yday) == (today.tm_year, today.tm_yday):
             return time.strftime("%H:%M:%S", then)
         return time.strftime("%Y-%m-%d %H:%M:%S", then)
+
+
+def holder_purpose(path: Path) -> str | None:
+    """What a live holder of the lock at ``path`` on this host said it is doing, else None.
+
+    A hint for background work that wants to yield to a user's command (the speculative
+    agent), never a locking decision: it reads the holder record without touching the
+    flock, so it can never make a command that is taking the lock fail. A record left by a
+    dead holder (its pid is gone) reads as free; a recycled pid at worst makes the caller
+    yield for nothing.
+    """
+    try:
+        record = json.loads(Path(path).read_bytes() or b"null")
+        if not isinstance(record, dict):
+            return None
+        pid = int(record["pid"])
+        if record.get("hostname") not in (None, "", socket.gethostname()):
+            return None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if pid == os.getpid():
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass  # alive, another user's
+    return str(record.get("purpose") or "a dits command")

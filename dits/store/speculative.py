@@ -10,9 +10,13 @@ server again, never data, so writes are not fsynced (``durable()`` is never call
 Layout (all integers little-endian). Besides the ``chunks``/``objects``/``refs``/``index``
 databases every ``LmdbEnvironment`` creates (unused here) and its ``meta`` ``format`` key:
 
-* ``onserver``: chunk id (32 bytes) -> ``expires_at f64``: until when an upload is trusted to be
-  on the server (``+inf``: permanently, it was seen visible or promoted). Marking keeps the
-  later expiry, so a short-lived mark never shortens a permanent one.
+* ``onserver``: ``scope (16 bytes) | chunk id (32 bytes)`` -> ``expires_at f64``: until when an
+  upload is trusted to be on the server (``+inf``: permanently, it was seen visible or
+  promoted). The scope (``server_scope``) names the remote repository and the token: the
+  server shows speculative chunks only to the token that uploaded them, in the repository they
+  went to, so what one remote holds says nothing about another. Marking keeps the later
+  expiry, so a short-lived mark never shortens a permanent one. Keys of another length (a
+  cache written before scopes existed) match nothing and are pruned.
 * ``files``: absolute path (UTF-8, ``surrogateescape``) -> ``version u8 (=1) | size u64 |
   mtime_ns i64 | inode u64 | manifest`` where the manifest is its canonical encoding
   (``dits.core.codec``). A lookup must match all four stat values.
@@ -27,6 +31,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Final
 
+import blake3
 import lmdb
 
 from dits.core.codec import DecodeError, decode_object, encode_object
@@ -35,7 +40,7 @@ from dits.core.objects import Manifest
 from dits.errors import CorruptObjectError
 from dits.store.lmdb import DB_META, LmdbEnvironment, StoreUnavailableError, iter_prefix
 
-__all__ = ["SpeculativeCache"]
+__all__ = ["SCOPE_LEN", "SpeculativeCache", "server_scope"]
 
 DB_ONSERVER: Final = b"onserver"
 DB_FILES: Final = b"files"
@@ -46,6 +51,19 @@ _COUNTER: Final = struct.Struct("<q")
 _VALUE: Final = struct.Struct("<d")
 _COUNTER_PREFIX: Final = b"counter:"
 _VALUE_PREFIX: Final = b"value:"
+SCOPE_LEN: Final = 16
+
+
+def server_scope(url: str, token: str | None) -> bytes:
+    """The ``onserver`` key prefix for one remote repository reached with one token."""
+    material = b"dits onserver scope v1\0" + url.encode() + b"\0" + (token or "").encode()
+    return blake3.blake3(material).digest(length=SCOPE_LEN)
+
+
+def _scoped(scope: bytes, ids: Iterable[ObjectId]) -> list[bytes]:
+    if len(scope) != SCOPE_LEN:
+        raise ValueError(f"a server scope is {SCOPE_LEN} bytes, got {len(scope)}")
+    return [scope + oid for oid in _check_ids(ids)]
 
 
 def _path_key(path: str) -> bytes:
@@ -122,15 +140,19 @@ class SpeculativeCache:
 
     # -- what the server holds ---------------------------------------------------------------
 
-    def mark_on_server(self, ids: Iterable[ObjectId], expires_at: float | None) -> None:
-        """Record that the server holds ``ids`` until ``expires_at`` (None: for good).
+    def mark_on_server(
+        self, scope: bytes, ids: Iterable[ObjectId], expires_at: float | None
+    ) -> None:
+        """Record that the server of ``scope`` holds ``ids`` until ``expires_at`` (None: for
+        good).
 
         An id already marked keeps the later of its old and new expiry.
 
         Raises:
-            ValueError: an id is not 32 bytes, or ``expires_at`` is NaN.
+            ValueError: an id is not 32 bytes, the scope not ``SCOPE_LEN``, or ``expires_at``
+                is NaN.
         """
-        wanted = list(dict.fromkeys(_check_ids(ids)))
+        wanted = list(dict.fromkeys(_scoped(scope, ids)))
         if not wanted:
             return
         expiry = math.inf if expires_at is None else float(expires_at)
@@ -151,9 +173,10 @@ class SpeculativeCache:
 
         self._env.write(body, size_hint=len(wanted) * 64)
 
-    def on_server(self, ids: Sequence[ObjectId], now: float) -> list[bool]:
-        """For each id, whether it is marked on the server with an expiry after ``now``."""
-        wanted = _check_ids(ids)
+    def on_server(self, scope: bytes, ids: Sequence[ObjectId], now: float) -> list[bool]:
+        """For each id, whether it is marked on the server of ``scope`` with an expiry after
+        ``now``."""
+        wanted = _scoped(scope, ids)
         if not wanted:
             return []
         db = self._onserver
@@ -169,9 +192,9 @@ class SpeculativeCache:
 
         return self._env.read(body)
 
-    def forget_on_server(self, ids: Iterable[ObjectId]) -> None:
-        """Drop the marks of ``ids`` (the server said it no longer has them)."""
-        wanted = list(dict.fromkeys(_check_ids(ids)))
+    def forget_on_server(self, scope: bytes, ids: Iterable[ObjectId]) -> None:
+        """Drop the marks of ``ids`` (the server of ``scope`` said it no longer has them)."""
+        wanted = list(dict.fromkeys(_scoped(scope, ids)))
         if not wanted:
             return
         db = self._onserver
@@ -191,7 +214,9 @@ class SpeculativeCache:
             dead = [
                 bytes(key)
                 for key, raw in cursor.iternext(keys=True, values=True)
-                if len(raw) != _EXPIRY.size or _EXPIRY.unpack(raw)[0] <= now
+                if len(raw) != _EXPIRY.size
+                or len(key) != SCOPE_LEN + ID_LEN
+                or _EXPIRY.unpack(raw)[0] <= now
             ]
             for key in dead:
                 txn.delete(key, db=db)

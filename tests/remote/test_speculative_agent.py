@@ -184,6 +184,30 @@ def test_a_push_in_progress_gets_the_uplink(agent_repo: DitsRunner) -> None:
     assert AgentPaths(dits.cwd / ".dits").sock.exists()
 
 
+def test_the_agent_yields_while_a_dits_command_holds_the_repository(
+    agent_repo: DitsRunner,
+) -> None:
+    """An `add` right after a save reads the file itself: the agent must not read it at the
+    same time (two full passes over one render share two cores) nor upload meanwhile."""
+    from tests.unit.test_lock import start_holder
+
+    dits = agent_repo
+    start(dits)
+    holder = start_holder(dits.cwd / ".dits" / "lock", purpose="dits add")  # another process
+    try:
+        (dits.cwd / "a.mov").write_bytes(random_bytes(2 * MiB, seed=7))
+        doc = wait_for(dits, lambda d: "command" in d["reasons"])
+        assert doc["yielding_to"] == "dits add"
+        time.sleep(1.5)  # several debounce periods: the file would be staged and uploaded by now
+        doc = status(dits)
+        assert doc["files_processed"] == 0 and doc["bytes_uploaded"] == 0, doc
+    finally:
+        holder.kill()
+        holder.wait()
+    doc = wait_for(dits, lambda d: d["bytes_uploaded"] >= 2 * MiB)
+    assert "command" not in doc["reasons"] and doc["yielding_to"] is None
+
+
 def test_killed_agent_restarted_uploads_nothing_twice(agent_repo: DitsRunner) -> None:
     dits = agent_repo
     pid = start(dits)

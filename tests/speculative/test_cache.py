@@ -12,7 +12,9 @@ from dits.core.ids import ObjectId, hash_bytes
 from dits.core.objects import ChunkRef, Manifest
 from dits.errors import CorruptObjectError
 from dits.store.lmdb import StoreUnavailableError
-from dits.store.speculative import SpeculativeCache
+from dits.store.speculative import SpeculativeCache, server_scope
+
+SCOPE = server_scope("dits://127.0.0.1:4433/project", "token-a")
 
 
 def oid(n: int) -> ObjectId:
@@ -32,38 +34,43 @@ def cache(tmp_path: Path):  # type: ignore[no-untyped-def]
 
 
 def test_marks_expire_and_permanent_marks_do_not(cache: SpeculativeCache) -> None:
-    cache.mark_on_server([oid(1), oid(2)], expires_at=100.0)
-    cache.mark_on_server([oid(3)], expires_at=None)
-    assert cache.on_server([oid(1), oid(2), oid(3), oid(4)], now=50.0) == [True, True, True, False]
-    assert cache.on_server([oid(1), oid(3)], now=100.0) == [False, True]
-    assert cache.on_server([oid(3)], now=1e300) == [True]
-    assert cache.on_server([], now=0.0) == []
+    cache.mark_on_server(SCOPE, [oid(1), oid(2)], expires_at=100.0)
+    cache.mark_on_server(SCOPE, [oid(3)], expires_at=None)
+    assert cache.on_server(SCOPE, [oid(1), oid(2), oid(3), oid(4)], now=50.0) == [
+        True,
+        True,
+        True,
+        False,
+    ]
+    assert cache.on_server(SCOPE, [oid(1), oid(3)], now=100.0) == [False, True]
+    assert cache.on_server(SCOPE, [oid(3)], now=1e300) == [True]
+    assert cache.on_server(SCOPE, [], now=0.0) == []
 
 
 def test_a_mark_keeps_the_later_expiry(cache: SpeculativeCache) -> None:
-    cache.mark_on_server([oid(1)], None)
-    cache.mark_on_server([oid(1)], 10.0)  # a fresh upload never shortens "for good"
-    cache.mark_on_server([oid(2)], 10.0)
-    cache.mark_on_server([oid(2)], 20.0)
-    cache.mark_on_server([oid(2)], 15.0)
-    assert cache.on_server([oid(1), oid(2)], now=19.0) == [True, True]
-    assert cache.on_server([oid(2)], now=20.0) == [False]
+    cache.mark_on_server(SCOPE, [oid(1)], None)
+    cache.mark_on_server(SCOPE, [oid(1)], 10.0)  # a fresh upload never shortens "for good"
+    cache.mark_on_server(SCOPE, [oid(2)], 10.0)
+    cache.mark_on_server(SCOPE, [oid(2)], 20.0)
+    cache.mark_on_server(SCOPE, [oid(2)], 15.0)
+    assert cache.on_server(SCOPE, [oid(1), oid(2)], now=19.0) == [True, True]
+    assert cache.on_server(SCOPE, [oid(2)], now=20.0) == [False]
 
 
 def test_forget_and_prune(cache: SpeculativeCache) -> None:
-    cache.mark_on_server([oid(1), oid(2)], 10.0)
-    cache.mark_on_server([oid(3)], None)
-    cache.forget_on_server([oid(2), oid(7)])
-    assert cache.on_server([oid(1), oid(2)], 0.0) == [True, False]
+    cache.mark_on_server(SCOPE, [oid(1), oid(2)], 10.0)
+    cache.mark_on_server(SCOPE, [oid(3)], None)
+    cache.forget_on_server(SCOPE, [oid(2), oid(7)])
+    assert cache.on_server(SCOPE, [oid(1), oid(2)], 0.0) == [True, False]
     assert cache.prune_expired(10.0) == 1
-    assert cache.on_server([oid(1), oid(3)], 0.0) == [False, True]
+    assert cache.on_server(SCOPE, [oid(1), oid(3)], 0.0) == [False, True]
 
 
 def test_bad_ids_and_nan_are_refused(cache: SpeculativeCache) -> None:
     with pytest.raises(ValueError):
-        cache.mark_on_server([ObjectId(b"short")], None)
+        cache.mark_on_server(SCOPE, [ObjectId(b"short")], None)
     with pytest.raises(ValueError):
-        cache.mark_on_server([oid(1)], math.nan)
+        cache.mark_on_server(SCOPE, [oid(1)], math.nan)
 
 
 def test_manifest_needs_all_four_stat_values_to_match(cache: SpeculativeCache) -> None:
@@ -124,12 +131,12 @@ def test_data_survives_close_and_reopen(tmp_path: Path) -> None:
     path = tmp_path / "cache"
     m = manifest(10, 20)
     with SpeculativeCache(path) as c:
-        c.mark_on_server([oid(1)], 500.0)
+        c.mark_on_server(SCOPE, [oid(1)], 500.0)
         c.record_file("/w/a.mov", 30, 5, 6, m)
         c.add_counters(files_processed=7)
         c.set_value("upload_rate", 123.0)
     with SpeculativeCache(path) as c:
-        assert c.on_server([oid(1)], 499.0) == [True]
+        assert c.on_server(SCOPE, [oid(1)], 499.0) == [True]
         assert c.manifest_for("/w/a.mov", 30, 5, 6) == m
         assert c.counters() == {"files_processed": 7}
         assert c.get_value("upload_rate") == 123.0
@@ -175,7 +182,7 @@ def _writer(path: str, worker: int, rounds: int) -> None:
     cache = SpeculativeCache(Path(path))
     try:
         for i in range(rounds):
-            cache.mark_on_server([oid(worker * 10_000 + i)], None)
+            cache.mark_on_server(SCOPE, [oid(worker * 10_000 + i)], None)
             cache.add_counters(chunks_uploaded=1, bytes_uploaded=10)
             cache.record_file(f"/w/{worker}-{i}.mov", 5, i, worker, manifest(5))
     finally:
@@ -192,13 +199,13 @@ def test_several_processes_write_and_read_at_once(tmp_path: Path) -> None:
     seen = 0
     while any(p.is_alive() for p in workers):
         seen = max(seen, reader.counters().get("chunks_uploaded", 0))
-        reader.on_server([oid(0)], 0.0)
+        reader.on_server(SCOPE, [oid(0)], 0.0)
     for p in workers:
         p.join()
         assert p.exitcode == 0
     assert reader.counters() == {"bytes_uploaded": 6000, "chunks_uploaded": 600}
     ids = [oid(w * 10_000 + i) for w in range(3) for i in range(200)]
-    assert all(reader.on_server(ids, 1e12))
+    assert all(reader.on_server(SCOPE, ids, 1e12))
     assert reader.manifest_for("/w/2-199.mov", 5, 199, 2) == manifest(5)
     reader.close()
 
@@ -207,9 +214,25 @@ def test_the_map_grows_when_full(tmp_path: Path) -> None:
     with SpeculativeCache(tmp_path / "c", map_size=1 << 20) as c:
         ids = [oid(i) for i in range(100_000)]  # ~8 MB of entries in a 1 MiB map
         for lo in range(0, len(ids), 25_000):
-            c.mark_on_server(ids[lo : lo + 25_000], None)
+            c.mark_on_server(SCOPE, ids[lo : lo + 25_000], None)
         big = manifest(*([3] * 50_000))
         c.record_file("/w/big.mov", big.size, 1, 1, big)
         assert c._env.grow_count > 0
-        assert all(c.on_server(ids, 0.0))
+        assert all(c.on_server(SCOPE, ids, 0.0))
         assert c.manifest_for("/w/big.mov", big.size, 1, 1) == big
+
+
+def test_marks_are_per_remote_repository_and_token(cache: SpeculativeCache) -> None:
+    # The server shows speculative chunks only to their uploader's token in their repository:
+    # what origin holds must not stop an upload to a second remote (or with another token).
+    other_repo = server_scope("dits://127.0.0.1:4433/other", "token-a")
+    other_token = server_scope("dits://127.0.0.1:4433/project", "token-b")
+    assert len({SCOPE, other_repo, other_token}) == 3
+    cache.mark_on_server(SCOPE, [oid(1)], None)
+    assert cache.on_server(SCOPE, [oid(1)], 0.0) == [True]
+    assert cache.on_server(other_repo, [oid(1)], 0.0) == [False]
+    assert cache.on_server(other_token, [oid(1)], 0.0) == [False]
+    cache.forget_on_server(other_repo, [oid(1)])
+    assert cache.on_server(SCOPE, [oid(1)], 0.0) == [True]
+    with pytest.raises(ValueError):
+        cache.on_server(b"short", [oid(1)], 0.0)

@@ -15,7 +15,7 @@ import pytest
 
 import dits
 from dits.errors import LockedError
-from dits.store.lock import RepoLock, RepoLockedError
+from dits.store.lock import RepoLock, RepoLockedError, holder_purpose
 
 ROOT = Path(dits.__file__).resolve().parents[1]
 
@@ -175,3 +175,29 @@ def test_old_start_time_shows_the_date(lock_path: Path) -> None:
 def test_missing_directory_is_an_os_error(tmp_path: Path) -> None:
     with pytest.raises(OSError):
         RepoLock(tmp_path / "no" / "such" / "lock").acquire()
+
+
+def test_holder_purpose_names_a_live_holder_and_never_takes_the_lock(lock_path: Path) -> None:
+    assert holder_purpose(lock_path) is None  # no file yet
+    proc = start_holder(lock_path, purpose="dits add", hold=1.0)
+    try:
+        assert holder_purpose(lock_path) == "dits add"
+        # Reading the record leaves the flock alone: the holder still has it.
+        with pytest.raises(RepoLockedError):
+            RepoLock(lock_path).acquire()
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "released"
+        assert holder_purpose(lock_path) is None  # released: the record is emptied
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_holder_purpose_ignores_the_record_of_a_dead_holder(lock_path: Path) -> None:
+    proc = start_holder(lock_path, purpose="dits commit")
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert json.loads(lock_path.read_text())["pid"] == proc.pid  # the record stays behind
+    assert holder_purpose(lock_path) is None
+    lock_path.write_text("not json")
+    assert holder_purpose(lock_path) is None
