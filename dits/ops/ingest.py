@@ -556,9 +556,11 @@ class _LeasedMap:
     cannot change while they are hashed and stored, so a chunk's id always matches its bytes.
 
     The lease-break signal is SIGURG (ignored by default) instead of SIGIO, whose default
-    action kills the process. Pages are prefaulted a window at a time with
-    ``MADV_POPULATE_READ``, so a read error is an ``OSError`` here rather than SIGBUS in a
-    hashing thread, and dropped with ``MADV_DONTNEED`` behind the consumers, so resident
+    action kills the process. A writer in this same process waits like any other (so an
+    ``on_bytes`` callback must not open the file it is told about for writing). Pages are
+    prefaulted a window at a time with ``MADV_POPULATE_READ``, so a read error is an
+    ``OSError`` here rather than SIGBUS in a hashing thread, and dropped with
+    ``MADV_DONTNEED`` behind the consumers, so resident
     memory stays at the windows in flight.
     """
 
