@@ -81,6 +81,7 @@ from pyfastcdc import FastCDC
 
 __all__ = [
     "MEDIA_PROFILE",
+    "MEDIA_PROFILE_V1",
     "PROFILES",
     "PROJECT_PROFILE",
     "Chunker",
@@ -140,6 +141,11 @@ class ChunkingProfile:
         avg_size: FastCDC's normalization target.
         max_size: Hard upper bound of every chunk.
         container_aware: Honour ISO-BMFF box, tar member and ProRes frame boundaries.
+        frame_gap_limit: Stop ProRes frame snapping for the rest of a region once this many
+            bytes past the end of the last frame found (or past the region start) held no
+            frame start: the region is not a frame stream (H.264 or HEVC in a QuickTime
+            ``mdat``), and scanning it for frames would cost more than cutting it. 0: never
+            stop (``media-v1``).
 
     Raises:
         ValueError: The sizes are outside pyfastcdc's bounds or not ordered.
@@ -150,6 +156,7 @@ class ChunkingProfile:
     avg_size: int
     max_size: int
     container_aware: bool
+    frame_gap_limit: int = 0
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -165,13 +172,29 @@ class ChunkingProfile:
             raise ValueError("chunk sizes must satisfy min_size <= avg_size <= max_size")
         if self.min_size % 2:
             raise ValueError("min_size must be even (FastCDC steps two bytes at a time)")
+        if self.frame_gap_limit < 0:
+            raise ValueError("frame_gap_limit must be 0 (never) or positive")
 
 
-MEDIA_PROFILE: Final = ChunkingProfile(
+MEDIA_PROFILE_V1: Final = ChunkingProfile(
     name="media-v1", min_size=64 * KiB, avg_size=256 * KiB, max_size=1 * MiB, container_aware=True
 )
+"""The first media profile: as ``media-v2`` but it scans every QuickTime ``mdat`` byte for
+ProRes frames, which made H.264/HEVC ``.mov`` files cut at ~1.5 GB/s. Kept so manifests that
+name it keep their meaning."""
+
+MEDIA_PROFILE: Final = ChunkingProfile(
+    name="media-v2",
+    min_size=64 * KiB,
+    avg_size=256 * KiB,
+    max_size=1 * MiB,
+    container_aware=True,
+    frame_gap_limit=16 * MiB,
+)
 """Video, audio, image sequences, archives and anything of 4 MiB or more: ~315 KiB mean
-chunks, container-aware (see docs/chunking.md for the measurements behind the sizes)."""
+chunks, container-aware (see docs/chunking.md for the measurements behind the sizes). A
+QuickTime region with no ProRes frame in 16 MiB is cut by plain CDC from there on: larger than
+any gap audio interleaving leaves between frames, small against a real file."""
 
 PROJECT_PROFILE: Final = ChunkingProfile(
     name="project-v1",
@@ -183,7 +206,9 @@ PROJECT_PROFILE: Final = ChunkingProfile(
 """Project, text and other files under 4 MiB: ~20 KiB mean chunks, so a small edit re-stores
 tens of KiB, while a 4 MiB file still has only about 200 chunks (docs/chunking.md)."""
 
-PROFILES: Final[dict[str, ChunkingProfile]] = {p.name: p for p in (MEDIA_PROFILE, PROJECT_PROFILE)}
+PROFILES: Final[dict[str, ChunkingProfile]] = {
+    p.name: p for p in (MEDIA_PROFILE_V1, MEDIA_PROFILE, PROJECT_PROFILE)
+}
 """Every profile ever shipped, by name. Entries are only ever added."""
 
 _MEDIA_SIZE: Final = 4 * MiB
@@ -449,15 +474,17 @@ def _frame_size(buf: bytes | memoryview, at: int) -> int | None:
 class _FrameScanner:
     """ProRes frame starts in one region, found left to right, jumping over frame payloads.
 
-    Every frame start below ``next_at`` is in ``frames``. The result is a function of the
-    region's bytes alone, however the scan is split across calls.
+    Every frame start below ``next_at`` is in ``frames``. ``last_end`` is the end of the last
+    frame found (the region start before any). The result is a function of the region's bytes
+    alone, however the scan is split across calls.
     """
 
-    __slots__ = ("frames", "next_at")
+    __slots__ = ("frames", "last_end", "next_at")
 
     def __init__(self, start: int) -> None:
         self.frames: list[int] = []
         self.next_at = start
+        self.last_end = start
 
     def scan(self, view: memoryview, base: int, upto: int, region_end: int) -> None:
         """Find every frame start ``p <= upto`` with ``p + 8 <= region_end``.
@@ -476,6 +503,7 @@ class _FrameScanner:
             if _FRAME_MIN <= size <= _FRAME_MAX:
                 self.frames.append(p)
                 at = p + size  # stray magic inside a frame's payload is not a frame start
+                self.last_end = max(self.last_end, at)
             else:
                 at = p + 1
         self.next_at = max(at, self.next_at)
@@ -594,6 +622,12 @@ class Chunker:
             if not eof and end < min(region_end, reach):
                 break
             scanner = self._scanner
+            gap_limit = self._profile.frame_gap_limit
+            if scanner is not None and gap_limit and t - scanner.last_end >= gap_limit:
+                # No frame for gap_limit bytes: not a frame stream; plain CDC for the rest of
+                # the region. ``last_end`` covers every frame start up to the previous chunk's
+                # snapping reach, a function of the cut sequence alone, so this is too.
+                self._scanner = scanner = None
             if scanner is None:
                 moved = self._cut_region(view, base, t, region_end, layout.horizon, out)
                 if moved == t:

@@ -189,7 +189,7 @@ class GrowingFile:
     lookahead).
 
     **Profile.** ``add`` picks the profile from the name and the *final* size
-    (``choose_profile``: media extensions, or 4 MiB and more, get ``media-v1``). While the
+    (``choose_profile``: media extensions, or 4 MiB and more, get ``media-v2``). While the
     profile could still change as the file grows (no media extension and under 4 MiB so far),
     nothing is chunked (``deferred``): such files are small and staged whole when final. A
     file crossing the threshold is chunked from offset 0 with the final profile from then on,

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from dits.core.chunking import (
     MEDIA_PROFILE,
+    MEDIA_PROFILE_V1,
     PROFILES,
     PROJECT_PROFILE,
     Chunker,
@@ -33,6 +34,15 @@ SMALL_PLAIN = ChunkingProfile(
 )
 MID = ChunkingProfile(
     "test-mid", min_size=4096, avg_size=16384, max_size=65536, container_aware=True
+)
+# SMALL with media-v2's rule at test scale: snapping stops after 8 KiB without a frame.
+SMALL_GAP = ChunkingProfile(
+    "test-small-gap",
+    min_size=256,
+    avg_size=1024,
+    max_size=4096,
+    container_aware=True,
+    frame_gap_limit=8192,
 )
 
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -215,6 +225,7 @@ SYNTHETIC = _synthetic_inputs()
 def test_streaming_windows_give_one_shot_cuts(name: str, steps: list[int]) -> None:
     data = SYNTHETIC[name]
     assert stream_cuts(data, SMALL, steps) == cut_points(data, SMALL)
+    assert stream_cuts(data, SMALL_GAP, steps) == cut_points(data, SMALL_GAP)
 
 
 @FAST
@@ -229,9 +240,10 @@ def test_split_into_two_windows_anywhere_gives_one_shot_cuts(name: str) -> None:
     # Exhaustive-ish sweep: the first window ends at every 37th byte, so it also ends inside
     # container headers that are still unknown (a walker that must wait for them).
     data = SYNTHETIC[name]
-    expected = cut_points(data, SMALL)
-    for first in range(0, len(data), 37):
-        assert stream_cuts(data, SMALL, [first, len(data)]) == expected, first
+    for profile in (SMALL, SMALL_GAP):
+        expected = cut_points(data, profile)
+        for first in range(0, len(data), 37):
+            assert stream_cuts(data, profile, [first, len(data)]) == expected, first
 
 
 @pytest.mark.parametrize("name", sorted(SYNTHETIC))
@@ -458,6 +470,60 @@ def test_replacing_a_few_frames_changes_only_chunks_around_them() -> None:
     assert len(fresh) <= 5
 
 
+def quicktime(body: bytes) -> tuple[bytes, int]:
+    """A QuickTime file with ``body`` as its mdat payload; returns (file, payload offset)."""
+    head = ftyp() + box(b"wide", b"")
+    return head + box(b"mdat", body) + box(b"moov", rand(3000, 99)), len(head) + 8
+
+
+def test_frame_gap_limit_keeps_snapping_across_interleaved_audio() -> None:
+    # Gaps of 700 bytes between groups of frames (audio), far under the limit: v2 cuts as v1.
+    frames = prores_stream(300, 41)
+    body = b"".join(b"".join(frames[i : i + 10]) + rand(700, 42 + i) for i in range(0, 300, 10))
+    data, _ = quicktime(body)
+    assert cut_points(data, SMALL_GAP) == cut_points(data, SMALL)
+
+
+def test_frames_larger_than_the_gap_limit_keep_snapping() -> None:
+    # The gap runs from the end of the last frame, not its start: 20 KiB frames (over the
+    # 8 KiB limit) are still a frame stream, and every frame start is a cut.
+    frames = prores_stream(40, 43, lo=20_000, hi=24_000)
+    data, base = quicktime(b"".join(frames))
+    cuts = cut_points(data, SMALL_GAP)
+    assert frame_starts(frames, base) - {base} <= set(cuts)
+    assert cuts == cut_points(data, SMALL)
+
+
+def test_frame_gap_limit_stops_scanning_a_region_without_frames() -> None:
+    # H.264 in a QuickTime mdat: no frame start anywhere. After the limit the region is cut by
+    # plain CDC, as if no snapping region had begun there; before it, as media-v1 cuts.
+    video = rand(200_000, 44)
+    data, base = quicktime(video)
+    limited, unlimited = cut_points(data, SMALL_GAP), cut_points(data, SMALL)
+    check_invariants(data, limited, SMALL_GAP)
+    assert [c for c in limited if c < base + 8192] == [c for c in unlimited if c < base + 8192]
+    # From the first chunk that starts past the limit on, the cuts are FastCDC's own over the
+    # rest of the payload.
+    resume = next(c for c in limited if c - base >= 8192)
+    payload_end = base + len(video)
+    tail = [c for c in limited if resume < c <= payload_end]
+    plain = [resume + c for c in cut_points(data[resume:payload_end], SMALL_PLAIN)]
+    assert tail == plain
+
+
+def test_frames_after_a_long_gap_are_not_snapped_in_that_region() -> None:
+    # The rule is per region and for good: frames that turn up after the gap are cut by CDC
+    # (a pure function of the bytes, computable while the file is still being written).
+    frames = prores_stream(200, 45)
+    body = rand(12_000, 46) + b"".join(frames)
+    data, base = quicktime(body)
+    starts = frame_starts(frames, base + 12_000)
+    late = [c for c in cut_points(data, SMALL_GAP) if base + 12_000 < c < base + len(body)]
+    assert sum(c in starts for c in late) < len(late) // 2
+    early = [c for c in cut_points(data, SMALL) if base + 12_000 < c < base + len(body)]
+    assert sum(c in starts for c in early) >= len(early) - 2  # media-v1 snaps them
+
+
 def test_stray_magic_inside_a_frame_payload_is_not_a_frame_start() -> None:
     fake = struct.pack(">I", 500) + b"icpf"
     frames = [
@@ -526,7 +592,10 @@ def test_mutated_containers_keep_invariants(
 
 
 def test_profiles_registry() -> None:
-    assert PROFILES["media-v1"] is MEDIA_PROFILE
+    assert PROFILES["media-v2"] is MEDIA_PROFILE
+    assert PROFILES["media-v1"] is MEDIA_PROFILE_V1  # old manifests keep their meaning
+    assert MEDIA_PROFILE_V1.frame_gap_limit == 0
+    assert MEDIA_PROFILE.frame_gap_limit == 16 * 1024 * 1024
     assert profile_by_name("project-v1") is PROJECT_PROFILE
     assert all(profile_by_name(name).name == name for name in PROFILES)
     with pytest.raises(ValueError):
