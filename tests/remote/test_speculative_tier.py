@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import struct
 import threading
 import time
 from pathlib import Path
@@ -39,7 +40,7 @@ from dits.protocol import (
 )
 from remote.clock import ManualClock, ServerClock
 from remote.gc import GcReport, PeriodicGc, TempGc
-from remote.index import ServerIndex, TempState, uploader_key
+from remote.index import ServerIndex, TempEntry, TempState, uploader_key
 from remote.maintenance import server_fsck as fsck_service
 from remote.service import RemoteService, Session
 from remote.speculative import SpeculativePolicy
@@ -149,6 +150,24 @@ def _spec_state(service: RemoteService, oid: ObjectId) -> TempState | None:
 
 
 # -- a real server: visibility, promotion, quota ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        TempEntry(True, 1000, 5.0, 6.0),
+        TempEntry(False, 7, 5.0, 9.0, TempState.CONDEMNED, condemned_at=9.5, pinned_until=50.0),
+        TempEntry(True, 1 << 40, 1.0, 2.0, pinned_until=10.0),
+    ],
+)
+def test_freshening_encoded_entries_is_the_dataclass_round_trip(entry: TempEntry) -> None:
+    for now, pin_until in ((20.0, 30.0), (20.0, 60.0)):
+        expected = entry.freshened(now, pin_until).encode()
+        assert TempEntry.freshen_encoded(entry.encode(), now, pin_until) == expected
+    legacy = struct.pack("<d", 3.0)  # an entry written before the speculative tier
+    assert TempEntry.freshen_encoded(legacy, 4.0, 8.0) == (
+        TempEntry.decode(legacy).freshened(4.0, 8.0).encode()
+    )
 
 
 def test_speculative_chunks_are_private_to_their_token_and_repository(
