@@ -64,6 +64,8 @@ _BATCH_BYTES = 8 << 20  # per upload stream, two in flight: bounds server memory
 _READ_BLOCK = 1 << 20
 _request_ids = itertools.count(1)
 _PUTS = (PutChunk, PutObject, PutSpeculative)
+_DISCARD_BYTES = 256 << 20  # of a refused upload read and dropped so the client hears why
+_DISCARD_SECONDS = 30.0
 
 
 class RequestHandler:
@@ -98,6 +100,16 @@ class RequestHandler:
         except RemoteError as exc:
             level = logging.WARNING if isinstance(exc, ProtocolViolation) else logging.INFO
             log.log(level, "%s %s refused: %s", rid, kind, exc)
+            if (
+                not isinstance(exc, ProtocolViolation)
+                and not asm.complete
+                and info.transport_name != "quic"
+            ):
+                # A refusal mid-upload (quota, a bad chunk): the client is still sending. Over
+                # TCP a dropped connection would reach it as a reset, never as this Error, so
+                # the rest of the request is read and thrown away first (bounded). A QUIC
+                # stream ends on its own; the connection and its other streams live on.
+                await self._discard_rest(reader, asm)
             await self._send(writer, error_frame_for(exc))
             if isinstance(exc, ProtocolViolation) or not asm.complete:
                 # The rest of this request cannot be parsed (or is not wanted). TCP drops the
@@ -110,6 +122,23 @@ class RequestHandler:
         except Exception as exc:
             log.exception("%s %s failed", rid, kind)
             await self._send(writer, error_frame_for(exc))
+
+    async def _discard_rest(self, reader: asyncio.StreamReader, asm: RequestAssembler) -> None:
+        """Read a refused request up to its FINAL frame, at most ``_DISCARD_BYTES`` more or
+        for ``_DISCARD_SECONDS``; then the connection stays usable. Gives up quietly (the
+        caller drops the connection as before) when the client sends more or stalls."""
+        budget = _DISCARD_BYTES
+
+        async def drain() -> None:
+            nonlocal budget
+            while not asm.complete and budget > 0:
+                msgs = await self._read(reader, asm)
+                budget -= sum(len(m.data) for m in msgs if isinstance(m, _PUTS))
+
+        try:
+            await asyncio.wait_for(drain(), _DISCARD_SECONDS)
+        except (TimeoutError, RemoteError, asyncio.IncompleteReadError, ConnectionError):
+            pass
 
     async def _read(self, reader: asyncio.StreamReader, asm: RequestAssembler) -> list[Message]:
         """Read until at least one message (or the request) is complete.

@@ -271,23 +271,27 @@ def test_a_push_promotes_speculative_chunks_and_moves_the_figures(
     assert stats["temp"] == 0
 
 
-def test_quota_refuses_the_whole_request_and_stores_nothing(tmp_path: Path) -> None:
+@pytest.mark.parametrize("transport", ["quic", "tcp"])
+def test_quota_refuses_the_whole_request_and_stores_nothing(tmp_path: Path, transport: str) -> None:
     root = tmp_path / "srv"
     token = new_root(root)
     proc, port = start_server(root, "--speculative-quota", "10MiB")
     spec_url = f"dits://127.0.0.1:{port}/proj"
     try:
         small = _chunks(2, 3, size=1 << 20)
-        big = _chunks(12, 4, size=1 << 20)  # 12 MiB: the server stores it in two batches
+        big = _chunks(48, 4, size=1 << 20)  # 48 MiB: refused at its first batch, mid-request
 
         async def scenario() -> None:
             from dits.remotes import RemoteSpec, parse_url
 
-            session = await open_session(RemoteSpec("origin", parse_url(spec_url), token, "auto"))
+            spec = RemoteSpec("origin", parse_url(spec_url), token, transport)
+            session = await open_session(spec)
             try:
                 await session.put_speculative(
                     [PutChunk(hash_bytes(c), Encoding.RAW, len(c), c) for c in small]
                 )
+                # Refused while the client is still sending the second batch; over TCP the
+                # Error must reach it all the same, and the connection stays usable.
                 with pytest.raises(QuotaExceededError) as caught:
                     await session.put_speculative(
                         [PutChunk(hash_bytes(c), Encoding.RAW, len(c), c) for c in big]
