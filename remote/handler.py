@@ -239,7 +239,7 @@ class RequestHandler:
             report = await self._run(svc.update_refs, session, msg.changes)
             seconds = time.perf_counter() - started
             log.info(
-                "%s update-refs repo=%s %s promoted=%d packs=%d bytes=%d in %.2f s",
+                "%s update-refs repo=%s %s promoted=%d packs=%d bytes=%d in %.2f s (%s)",
                 rid,
                 session.repo,
                 ",".join(c.name for c in msg.changes),
@@ -247,6 +247,7 @@ class RequestHandler:
                 report.packs,
                 report.bytes_stored,
                 seconds,
+                " ".join(f"{k} {v:.3f}" for k, v in report.phases.items()),
             )
             await self._send(writer, RefsUpdated(len(msg.changes)))
             if report.released:

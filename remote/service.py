@@ -29,6 +29,7 @@ from __future__ import annotations
 import logging
 import secrets
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -115,6 +116,13 @@ class PushReport:
     packs: int = 0
     bytes_stored: int = 0
     released: list[tuple[BlobKind, ObjectId]] = field(default_factory=list)
+    phases: dict[str, float] = field(default_factory=dict)
+    """Seconds per step (walk, pin, store, commit, release), for the server log."""
+
+    def timed(self, phase: str, since: float) -> float:
+        now = time.perf_counter()
+        self.phases[phase] = self.phases.get(phase, 0.0) + now - since
+        return now
 
 
 def pack_key(pack: bytes) -> str:
@@ -379,10 +387,13 @@ class RemoteService:
                     ref=change.name,
                 )
         with self.promote_lock:
+            t = time.perf_counter()
             walk = _Walk(self, session)
             for change in changes:
                 if change.new is not None:
                     walk.reach(change.new)
+            walked = time.perf_counter() - t
+            t = time.perf_counter()
             if not walk.missing and walk.temp_items:
                 # Re-check and pin in one transaction: what the walk (or an earlier "have")
                 # saw may have expired since; nothing pinned here is swept before promotion.
@@ -395,6 +406,7 @@ class RemoteService:
                     now + self.policy.promotion_lease,
                 )
                 walk.missing.update(gone)
+            pinned = time.perf_counter() - t
             if walk.missing:
                 missing = sorted(walk.missing)
                 raise MissingObjectsError(
@@ -412,11 +424,13 @@ class RemoteService:
                         ref=change.name,
                     )
             report = self._promote(session, walk, changes)
+            report.phases = {"walk": walked, "pin": pinned, **report.phases}
         self.counters["pushes"] += 1
         return report
 
     def _promote(self, session: Session, walk: _Walk, changes: tuple[RefChange, ...]) -> PushReport:
         report = PushReport(walked=len(walk.temp_items))
+        t = time.perf_counter()
         placed: dict[tuple[BlobKind, ObjectId], BlobLocation] = {}
         with self.index.read() as txn:
             todo = [item for item in walk.temp_items if self.index.location(txn, *item) is None]
@@ -434,12 +448,15 @@ class RemoteService:
         report.packs += writer.packs
         report.bytes_stored += writer.bytes
         report.promoted = len(placed)
+        t = report.timed("store", t)
         cas = [RefCas(c.name, c.expected_old, c.new) for c in changes]
         report.released = self.index.promote(
             session.repo_id, session.uploader, placed, walk.temp_items, cas
         )
+        t = report.timed("commit", t)
         if report.released:
             self.release_temp_bytes([oid for _, oid in report.released], wait=_RELEASE_WAIT)
+        report.timed("release", t)
         return report
 
     def _link_final_temp_packs(

@@ -184,6 +184,46 @@ def test_a_push_in_progress_gets_the_uplink(agent_repo: DitsRunner) -> None:
     assert AgentPaths(dits.cwd / ".dits").sock.exists()
 
 
+def test_fast_writes_hold_the_agent_back_until_idle(agent_repo: DitsRunner) -> None:
+    """pause_on_active_edit: a render writing faster than active_edit_rate holds staging and
+    uploads; resume_after_idle calm seconds after the rate falls, the agent catches up."""
+    import threading
+
+    dits = agent_repo
+    assert dits("config", "speculative.active_edit_rate", "1MB/s")[0] == 0
+    assert dits("config", "speculative.resume_after_idle", "1s")[0] == 0
+    start(dits)
+    render = dits.cwd / "render.mov"
+    writing = threading.Event()
+    writing.set()
+
+    def write() -> None:  # ~5 MB/s for as long as the test wants, like a render
+        with open(render, "wb") as fh:
+            piece = 0
+            while writing.is_set() and piece < 60:
+                fh.write(random_bytes(MiB, seed=40 + piece))
+                fh.flush()
+                piece += 1
+                time.sleep(0.2)
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        wait_for(dits, lambda d: "active-edit" in d["reasons"], timeout=15)
+        time.sleep(0.5)  # a batch already on the wire when the hold began may still land
+        held = status(dits)["bytes_uploaded"]
+        time.sleep(1.5)
+        doc = status(dits)
+        assert "active-edit" in doc["reasons"] and doc["bytes_uploaded"] == held, doc
+    finally:
+        writing.clear()
+        writer.join()
+    size = render.stat().st_size
+    # The 10 s window forgets the writes, then 1 s of calm: the agent uploads the whole file.
+    doc = wait_for(dits, lambda d: d["bytes_uploaded"] >= size, timeout=40)
+    assert "active-edit" not in doc["reasons"]
+
+
 def test_the_agent_yields_while_a_dits_command_holds_the_repository(
     agent_repo: DitsRunner,
 ) -> None:
