@@ -13,7 +13,7 @@ Exit codes (``dits/errors.py``, docs/exit-codes.md) were picked by what the user
   integrate, push again.
 * ``EXIT_CORRUPT`` (5): bytes do not match their id, or data that must exist is missing or
   malformed (``HASH_MISMATCH``, ``NOT_FOUND``, ``MISSING_OBJECTS``, ``INVALID_OBJECT``).
-* ``EXIT_IO`` (7): ``QUOTA_EXCEEDED``, like a full disk.
+* ``EXIT_IO`` (7): ``QUOTA_EXCEEDED`` and ``STORAGE_FULL``, like a full local disk.
 * ``EXIT_LOCKED`` (6): ``BUSY``, "try again later" (transient).
 * ``EXIT_ERROR`` (1): the rest: a peer that broke the protocol (a bug or an incompatible
   peer, not something the user can fix by retyping), a limit exceeded, an expired session
@@ -43,6 +43,7 @@ from dits.errors import (
     DitsError,
     LockedError,
     ObjectNotFoundError,
+    StorageFullError,
 )
 
 if TYPE_CHECKING:
@@ -64,6 +65,7 @@ __all__ = [
     "ProtocolViolation",
     "QuotaExceededError",
     "RemoteError",
+    "ServerStorageFullError",
     "SessionExpiredError",
     "StaleRefError",
     "TooLargeError",
@@ -100,6 +102,7 @@ class ErrorCode(IntEnum):
     SESSION_EXPIRED = 14
     BUSY = 15
     INTERNAL = 16
+    STORAGE_FULL = 17
 
 
 class RemoteError(DitsError):
@@ -243,6 +246,14 @@ class InternalServerError(RemoteError):
     exit_code = EXIT_ERROR
 
 
+class ServerStorageFullError(RemoteError):
+    """The server's disk (or bucket) had no room for what was sent. Nothing the request
+    carried became visible and no ref moved; the operator must free space."""
+
+    code = ErrorCode.STORAGE_FULL
+    exit_code = EXIT_IO
+
+
 _CLASSES: dict[ErrorCode, type[RemoteError]] = {
     cls.code: cls
     for cls in (
@@ -262,6 +273,7 @@ _CLASSES: dict[ErrorCode, type[RemoteError]] = {
         SessionExpiredError,
         BusyError,
         InternalServerError,
+        ServerStorageFullError,
     )
 }
 assert len(_CLASSES) == len(ErrorCode), "every ErrorCode needs exactly one class"
@@ -282,7 +294,8 @@ def error_frame_for(exc: BaseException) -> Error:
 
     ``RemoteError`` subclasses keep their message (clipped to ``MAX_ERROR_TEXT`` bytes), ids
     (first ``MAX_ERROR_IDS``) and ref. A store's ``ObjectNotFoundError`` becomes ``NOT_FOUND``
-    and ``LockedError`` becomes ``BUSY``, both with fixed texts; anything else becomes
+    ``LockedError`` becomes ``BUSY`` and ``StorageFullError`` ``STORAGE_FULL``, with fixed
+    texts; anything else becomes
     ``INTERNAL`` with a fixed text, so server paths and secrets never reach the client.
 
     Args:
@@ -304,6 +317,14 @@ def error_frame_for(exc: BaseException) -> Error:
         return Error(code=ErrorCode.NOT_FOUND, message="object not found", ids=(), ref="")
     if isinstance(exc, LockedError):
         return Error(code=ErrorCode.BUSY, message="server busy, retry later", ids=(), ref="")
+    if isinstance(exc, StorageFullError):
+        return Error(
+            code=ErrorCode.STORAGE_FULL,
+            message="the server is out of storage space; nothing of this request was kept "
+            "(ask its operator to free space, then run the command again)",
+            ids=(),
+            ref="",
+        )
     return Error(code=ErrorCode.INTERNAL, message="internal server error", ids=(), ref="")
 
 

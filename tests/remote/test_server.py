@@ -650,3 +650,60 @@ def test_a_dead_server_is_noticed_at_once_over_quic(server: Server) -> None:
     assert time.monotonic() - started < 5
     assert not (server.root / "c").exists()  # a clone that got nothing leaves nothing
     server.proc, _ = start_server(server.root, "--listen", f"127.0.0.1:{server.port}")
+
+
+def test_a_full_server_disk_fails_the_push_cleanly(tmp_path: Path) -> None:
+    """The server's disk fills mid-push: the client is told so in one line (exit 7, not an
+    internal error), no ref moves, and once space is back the same push goes through."""
+    import shutil
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if shutil.which("mount") is None:
+        pytest.skip("no mount command")
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(disk)],
+        capture_output=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {mounted.stderr.decode().strip()}")
+    try:
+        root = disk / "srv"
+        token = new_root(root)
+        proc, port = start_server(root)
+        try:
+            work = tmp_path / "work"
+            work.mkdir()
+            dits = DitsRunner(work)
+            make_repo(dits, {"render.mov": random_bytes(40 << 20, 21)})
+            url = f"dits://127.0.0.1:{port}/proj"
+            assert dits("remote", "add", "origin", url, "--token", token)[0] == 0
+            code, _, err = dits("push")
+            assert code == 7, err
+            assert "out of storage space" in err and "internal" not in err
+            assert "Traceback" not in err
+            assert remote_refs(port, token) == {}
+            # The server lives on: space comes back (the tmpfs grows), the push completes.
+            subprocess.run(["mount", "-o", "remount,size=256m", str(disk)], check=True)
+            code, _, err = dits("push")
+            assert code == 0, err
+            assert list(remote_refs(port, token)) == ["refs/heads/main"]
+        finally:
+            stop_server(proc)
+        fsck = server_fsck(root)
+        assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def remote_refs(port: int, token: str) -> dict[str, ObjectId]:
+    async def ask() -> dict[str, ObjectId]:
+        spec = RemoteSpec("origin", parse_url(f"dits://127.0.0.1:{port}/proj"), token, "auto")
+        session = await open_session(spec)
+        try:
+            return (await session.list_refs("refs/heads/")).as_dict()
+        finally:
+            await session.close()
+
+    return asyncio.run(ask())

@@ -614,6 +614,17 @@ def test_error_frame_for_caps_and_hides() -> None:
     assert error_frame_for(ProtocolViolation("\udcff bad")).encode()  # surrogates survive
 
 
+def test_a_full_server_disk_is_named_without_leaking_paths() -> None:
+    from dits.errors import EXIT_IO, StorageFullError
+    from dits.protocol import ServerStorageFullError
+
+    frame = error_frame_for(StorageFullError("no space left on device: /srv/dits/temp/0001.pack"))
+    assert frame.code == ErrorCode.STORAGE_FULL and "srv" not in frame.message
+    exc = exception_for(Error.decode(frame.encode()))
+    assert isinstance(exc, ServerStorageFullError) and exc.exit_code == EXIT_IO
+    assert "out of storage space" in exc.message
+
+
 def test_unknown_error_code_from_a_newer_server() -> None:
     exc = exception_for(Error(999, "new thing"))
     assert isinstance(exc, InternalServerError) and "999" in exc.message
