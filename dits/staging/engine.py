@@ -343,6 +343,7 @@ class StoredChunkStager:
         self._store = store
         self._raw_was_probed = raw_was_probed
         self._read_into = getattr(store, "read_record_into", None)
+        self._read_ahead = getattr(store, "read_ahead", None)
         self._get_stored = getattr(store, "get_stored", None)
 
     def __call__(self, ctx: StagingContext, oid: ObjectId, plain_size: int) -> StagedChunk:
@@ -361,6 +362,8 @@ class StoredChunkStager:
     def _read(self, pool: BufferPool, oid: ObjectId) -> tuple[bytearray, memoryview]:
         if self._read_into is not None:
             where = self._store.locate(oid)
+            if self._read_ahead is not None:
+                self._read_ahead(where)  # packs written by direct I/O are not in the cache
             buf = pool.acquire(where.data_offset - where.record_offset + where.stored_size)
             try:
                 record, stored, _ = self._read_into(oid, memoryview(buf), where)

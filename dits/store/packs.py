@@ -118,6 +118,10 @@ def _pack_name(number: int) -> str:
     return f"{number:08d}.pack"
 
 
+READ_AHEAD = 32 << 20
+"""Bytes ``read_ahead`` asks the kernel for at a time."""
+
+
 class PackBlobStore:
     """``BlobStore`` for chunks: bytes in ``packs_dir``, index in the environment's ``chunks``.
 
@@ -153,6 +157,7 @@ class PackBlobStore:
         self._thread_lock = threading.RLock()  # repack calls durable(), which calls flush()
         self._fd_lock = threading.Lock()
         self._read_fds: dict[int, int] = {}
+        self._advised: dict[int, tuple[int, int]] = {}  # pack -> range read-ahead asked for
         self._paths: dict[int, Path] = {}
         self._dirty: set[int] = set()
         self._closed = False
@@ -287,6 +292,29 @@ class PackBlobStore:
                 )
             return size, where.stored_size, where.plain_size
         raise AssertionError("unreachable")
+
+    def read_ahead(self, where: PackLocation, ahead: int = READ_AHEAD) -> None:
+        """Ask the kernel to start reading ``ahead`` bytes of ``where``'s pack from there on.
+
+        For callers that read records in pack order (push staging): packs are written with
+        direct I/O, so right after ``dits add`` none of their pages is cached, and one
+        record-sized ``preadv`` at a time read 0.63 GB/s from this VM's disk where
+        ``POSIX_FADV_WILLNEED`` kept ahead reads 1.67 GB/s. Advice is asked again only once
+        the reader is halfway into the range already advised. Never raises: advice is a hint.
+        """
+        start = where.record_offset
+        with self._fd_lock:
+            lo, hi = self._advised.get(where.pack, (0, 0))
+            if lo <= start < hi - ahead // 2:
+                return  # well inside what was already asked for
+            begin = hi if lo <= start < hi else start  # extend a range we are in, else anew
+            self._advised[where.pack] = (start, start + ahead)
+        try:
+            os.posix_fadvise(
+                self._read_fd(where.pack), begin, start + ahead - begin, os.POSIX_FADV_WILLNEED
+            )
+        except (AttributeError, OSError):
+            pass
 
     def delete_many(self, ids: Iterable[ObjectId]) -> int:
         """See ``BlobStore.delete_many``. Space comes back with ``repack``."""
