@@ -81,6 +81,9 @@ def _frames(rng: random.Random, count: int, size: int, seed_offset: int = 0) -> 
     return out
 
 
+_FTYP_BODY = b"qt  \x00\x00\x02\x00qt  "
+
+
 def make_project(root: Path, video_mb: int) -> None:
     """Write the sample project."""
     rng = random.Random(7)
@@ -90,9 +93,7 @@ def make_project(root: Path, video_mb: int) -> None:
     media.mkdir(parents=True, exist_ok=True)
     mdat = b"".join(frames)
     (media / "timeline_export.mov").write_bytes(
-        _box(b"ftyp", b"qt  \x00\x00\x02\x00qt  ")
-        + _box(b"mdat", mdat)
-        + _box(b"moov", b"\x00" * 4096)
+        _box(b"ftyp", _FTYP_BODY) + _box(b"mdat", mdat) + _box(b"moov", b"\x00" * 4096)
     )
     seq = media / "grade"
     seq.mkdir(exist_ok=True)
@@ -110,7 +111,7 @@ def edit_project(root: Path) -> None:
     path = root / "media" / "timeline_export.mov"
     data = bytearray(path.read_bytes())
     frame = 256 << 10
-    header = 8 + 16 + 8  # ftyp box + mdat header
+    header = 8 + len(_FTYP_BODY) + 8  # ftyp box + mdat header: the first frame starts here
     n_frames = (len(data) - header - 4104) // frame
     first = n_frames // 2
     for i in range(first, min(first + 72, n_frames)):

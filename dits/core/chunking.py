@@ -550,6 +550,8 @@ class Chunker:
         self._finished = False
         self._layout: _Layout | None = None
         self._scanner: _FrameScanner | None = None  # set while in a ProRes snapping region
+        # Set while a snapping region is dormant (frame gap limit): where to look again.
+        self._probe_at: int | None = None
 
     @property
     def profile(self) -> ChunkingProfile:
@@ -614,6 +616,7 @@ class Chunker:
             while bounds and bounds[0][0] <= t:  # entering the region that starts at t
                 _, snap = bounds.popleft()
                 self._scanner = _FrameScanner(t) if snap else None
+                self._probe_at = None
             next_bound = bounds[0][0] if bounds else _UNBOUNDED
             reach = t + max_size + _FRAME_HEAD  # bytes a decision at t may look at
             if next_bound > reach and not eof and layout.horizon <= reach:
@@ -624,12 +627,27 @@ class Chunker:
             scanner = self._scanner
             gap_limit = self._profile.frame_gap_limit
             if scanner is not None and gap_limit and t - scanner.last_end >= gap_limit:
-                # No frame for gap_limit bytes: not a frame stream; plain CDC for the rest of
-                # the region. ``last_end`` covers every frame start up to the previous chunk's
-                # snapping reach, a function of the cut sequence alone, so this is too.
+                # No frame for gap_limit bytes: the region goes dormant (plain CDC) and is
+                # probed again every gap_limit bytes. ``last_end`` covers every frame start up
+                # to the previous chunk's snapping reach, a function of the cut sequence
+                # alone, so this is too.
                 self._scanner = scanner = None
+                self._probe_at = t + gap_limit
+            elif scanner is None and self._probe_at is not None and t >= self._probe_at:
+                # A probe: the frame scan snapping at t would do, and only that (at most
+                # max_size bytes). A frame start in it wakes the region up with exactly the
+                # scanner state that scan leaves; none: look again gap_limit bytes on.
+                probe = _FrameScanner(t)
+                probe.scan(view, base, min(t + max_size, region_end - _FRAME_HEAD), region_end)
+                if probe.frames:
+                    self._scanner = scanner = probe
+                    self._probe_at = None
+                else:
+                    self._probe_at = t + gap_limit
             if scanner is None:
-                moved = self._cut_region(view, base, t, region_end, layout.horizon, out)
+                moved = self._cut_region(
+                    view, base, t, region_end, layout.horizon, out, self._probe_at
+                )
                 if moved == t:
                     break  # cannot happen: the checks above promise one decidable chunk
                 t = moved
@@ -680,11 +698,13 @@ class Chunker:
         region_end: int,
         horizon: int,
         out: list[int],
+        stop_at: int | None = None,
     ) -> int:
         """Plain CDC from ``t`` in one pass over the region's bytes in the window.
 
         All chunks are final when the region ends inside the window; otherwise only those
-        starting early enough to see ``max_size + 8`` bytes and no unknown boundary.
+        starting early enough to see ``max_size + 8`` bytes and no unknown boundary. No
+        chunk starting at or past ``stop_at`` (a dormant region's next probe) is cut.
         """
         end = base + len(view)
         stop = min(region_end, end)
@@ -693,7 +713,7 @@ class Chunker:
         else:
             last_start = min(end, horizon - 1) - self._profile.max_size - _FRAME_HEAD
         for chunk in self._cdc.cut_buf(view[t - base : stop - base]):
-            if t > last_start:
+            if t > last_start or (stop_at is not None and t >= stop_at):
                 break
             t += chunk.length
             out.append(t)

@@ -511,17 +511,36 @@ def test_frame_gap_limit_stops_scanning_a_region_without_frames() -> None:
     assert tail == plain
 
 
-def test_frames_after_a_long_gap_are_not_snapped_in_that_region() -> None:
-    # The rule is per region and for good: frames that turn up after the gap are cut by CDC
-    # (a pure function of the bytes, computable while the file is still being written).
+def test_frames_after_a_long_gap_are_snapped_again_from_the_next_probe() -> None:
+    # A dormant region is probed every gap_limit bytes: frames that turn up after a long
+    # stretch of other data (non-interleaved audio, a damaged stretch) are snapped again.
     frames = prores_stream(200, 45)
     body = rand(12_000, 46) + b"".join(frames)
     data, base = quicktime(body)
     starts = frame_starts(frames, base + 12_000)
-    late = [c for c in cut_points(data, SMALL_GAP) if base + 12_000 < c < base + len(body)]
-    assert sum(c in starts for c in late) < len(late) // 2
-    early = [c for c in cut_points(data, SMALL) if base + 12_000 < c < base + len(body)]
-    assert sum(c in starts for c in early) >= len(early) - 2  # media-v1 snaps them
+    awake_from = base + 12_000 + 2 * 8192 + 4096  # dormant past 8 KiB, probed 8 KiB later
+    late = [c for c in cut_points(data, SMALL_GAP) if awake_from < c < base + len(body)]
+    assert len(late) > 20
+    assert sum(c in starts for c in late) >= len(late) - 2
+
+
+def test_a_long_stretch_without_frames_costs_only_that_stretch() -> None:
+    # The demo's re-render, at test scale: 24 frames mid-stream lose their headers (longer
+    # than the gap limit). Snapping wakes up after them, so the chunks re-stored are those
+    # around the stretch, as with media-v1.
+    frames = prores_stream(160, 47, lo=900, hi=1100)
+    damaged = list(frames)
+    for k in range(60, 84):
+        damaged[k] = rand(len(frames[k]), 500 + k)
+    old, _ = quicktime(b"".join(frames))
+    new, _ = quicktime(b"".join(damaged))
+    assert len(new) == len(old)
+    stretch = sum(map(len, damaged[60:84]))
+    assert stretch > SMALL_GAP.frame_gap_limit
+    fresh_gap = sum(map(len, new_chunks(old, new, SMALL_GAP)))
+    fresh_v1 = sum(map(len, new_chunks(old, new, SMALL)))
+    assert fresh_gap <= stretch + SMALL_GAP.frame_gap_limit + 4 * SMALL_GAP.max_size
+    assert fresh_v1 <= stretch + 4 * SMALL.max_size
 
 
 def test_stray_magic_inside_a_frame_payload_is_not_a_frame_start() -> None:
