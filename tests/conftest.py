@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -101,3 +103,24 @@ def dits(tmp_path: Path) -> DitsRunner:
     work = tmp_path / "cli"
     work.mkdir()
     return DitsRunner(work)
+
+
+@contextlib.contextmanager
+def mounted_tmpfs(mount_point: Path, size: str) -> Iterator[Path]:
+    """A real tmpfs of ``size`` (``8m``) at ``mount_point``, for disk-full tests; skips the
+    test where mounting is not allowed (needs root and mount privileges)."""
+    mount_point.mkdir(exist_ok=True)
+    if shutil.which("mount") is None:
+        pytest.skip("no mount command")
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount_point)],
+        capture_output=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.decode().strip()}")
+    try:
+        yield mount_point
+    finally:
+        if subprocess.run(["umount", str(mount_point)], check=False).returncode != 0:
+            subprocess.run(["umount", "-l", str(mount_point)], check=False)

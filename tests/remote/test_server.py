@@ -30,7 +30,7 @@ from dits.protocol import (
     RefChange,
 )
 from dits.remotes import RemoteSpec, parse_url
-from tests.conftest import DitsRunner, random_bytes
+from tests.conftest import DitsRunner, mounted_tmpfs, random_bytes
 from tests.remote.helpers import (
     REPO_ROOT,
     Server,
@@ -655,20 +655,7 @@ def test_a_dead_server_is_noticed_at_once_over_quic(server: Server) -> None:
 def test_a_full_server_disk_fails_the_push_cleanly(tmp_path: Path) -> None:
     """The server's disk fills mid-push: the client is told so in one line (exit 7, not an
     internal error), no ref moves, and once space is back the same push goes through."""
-    import shutil
-
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    if shutil.which("mount") is None:
-        pytest.skip("no mount command")
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(disk)],
-        capture_output=True,
-        check=False,
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs: {mounted.stderr.decode().strip()}")
-    try:
+    with mounted_tmpfs(tmp_path / "disk", "24m") as disk:
         root = disk / "srv"
         token = new_root(root)
         proc, port = start_server(root)
@@ -693,8 +680,6 @@ def test_a_full_server_disk_fails_the_push_cleanly(tmp_path: Path) -> None:
             stop_server(proc)
         fsck = server_fsck(root)
         assert fsck.returncode == 0, fsck.stdout + fsck.stderr
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], check=False)
 
 
 def remote_refs(port: int, token: str) -> dict[str, ObjectId]:

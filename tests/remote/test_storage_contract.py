@@ -13,7 +13,6 @@ import errno
 import os
 import random
 import secrets
-import shutil
 import socket
 import stat
 import subprocess
@@ -40,6 +39,7 @@ from remote.storage import (
     validate_key,
 )
 from remote.storage.local import TMP_PREFIX
+from tests.conftest import mounted_tmpfs
 
 # Read at collection time: the autouse clean_env fixture scrubs DITS_* before each test runs.
 REAL_S3_URL = os.environ.get("DITS_TEST_S3_URL", "")
@@ -542,21 +542,8 @@ def test_local_key_and_folder_cannot_share_a_name(tmp_path: Path) -> None:
 @pytest.fixture
 def tiny_disk(tmp_path: Path) -> Iterator[Path]:
     """A 1 MiB tmpfs (needs root and mount privileges; skipped otherwise)."""
-    mount_point = tmp_path / "tiny"
-    mount_point.mkdir()
-    if shutil.which("mount") is None:
-        pytest.skip("no mount command")
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount_point)],
-        capture_output=True,
-        check=False,
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs: {done.stderr.decode().strip()}")
-    try:
+    with mounted_tmpfs(tmp_path / "tiny", "1m") as mount_point:
         yield mount_point
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], check=False)
 
 
 def test_local_disk_full_raises_and_leaves_nothing_visible(tiny_disk: Path) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -28,6 +27,7 @@ from dits.store.lmdb import (
     LmdbRefStore,
     StoreUnavailableError,
 )
+from tests.conftest import mounted_tmpfs
 
 ROOT = Path(dits.__file__).resolve().parents[1]
 MIB = 1 << 20
@@ -399,22 +399,8 @@ def test_map_that_cannot_grow_is_storage_full(store_path: Path) -> None:
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    mount_point = tmp_path / "small-disk"
-    mount_point.mkdir()
-    if shutil.which("mount") is None:
-        pytest.skip("no mount command")
-    result = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount_point)],
-        capture_output=True,
-        check=False,
-    )
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.decode().strip()}")
-    try:
+    with mounted_tmpfs(tmp_path / "small-disk", "8m") as mount_point:
         yield mount_point
-    finally:
-        if subprocess.run(["umount", str(mount_point)], check=False).returncode != 0:
-            subprocess.run(["umount", "-l", str(mount_point)], check=False)
 
 
 def test_full_disk_is_storage_full_and_the_store_stays_consistent(small_disk: Path) -> None:
