@@ -331,22 +331,10 @@ class Ingestor:
                         release = self._give_back(buf)
                     read_total += filled
                     window = view[start : head + filled]
-                    cut_ends = chunker.cuts(window, window_start, eof)
-                    # No cut in a window is legal (a container box larger than the window
-                    # defers its cuts); then everything is carried into the next one.
-                    starts = [window_start, *cut_ends[:-1]] if cut_ends else []
-                    chunk_views = [
-                        window[s - window_start : e - window_start]
-                        for s, e in zip(starts, cut_ends, strict=True)
-                    ]
-                    sizes.extend(len(v) for v in chunk_views)
-                    consumed = (cut_ends[-1] - window_start) if cut_ends else 0
-                    hash_done = self._file_hasher.submit(
-                        _update_then, file_hasher, window[:consumed], release
+                    consumed, chunk_views = self._cut(chunker, window, window_start, eof, sizes)
+                    hash_done = self._submit(
+                        window, consumed, chunk_views, file_hasher, id_futures, release
                     )
-                    ids = self._hasher.submit(_hash_all, chunk_views)
-                    id_futures.append(ids)
-                    self._writer.submit(ids, chunk_views, release)
                     carry = bytes(window[consumed:])
                     window_start += consumed
                     if self.on_bytes is not None:
@@ -393,20 +381,10 @@ class Ingestor:
                 eof = end == size
                 mapped.populate(read_end, end)
                 window = view[window_start:end]
-                cut_ends = chunker.cuts(window, window_start, eof)
-                starts = [window_start, *cut_ends[:-1]] if cut_ends else []
-                chunk_views = [
-                    window[s - window_start : e - window_start]
-                    for s, e in zip(starts, cut_ends, strict=True)
-                ]
-                sizes.extend(len(v) for v in chunk_views)
-                consumed = (cut_ends[-1] - window_start) if cut_ends else 0
+                consumed, chunk_views = self._cut(chunker, window, window_start, eof, sizes)
                 release = mapped.releaser(window_start + consumed, inflight)
-                self._file_hasher.submit(_update_then, file_hasher, window[:consumed], release)
-                ids = self._hasher.submit(_hash_all, chunk_views)
-                id_futures.append(ids)
-                self._writer.submit(ids, chunk_views, release)
-                del window, chunk_views
+                self._submit(window, consumed, chunk_views, file_hasher, id_futures, release)
+                del window, chunk_views  # no view of the mapping may outlive it
                 window_start += consumed
                 if self.on_bytes is not None:
                     self.on_bytes(end - read_end)
@@ -425,6 +403,43 @@ class Ingestor:
         self._writer.check()
         ids_all = [oid for fut in id_futures for oid in fut.result()]
         return self._finish(profile, before, after, read_end, file_hasher, ids_all, sizes)
+
+    def _cut(
+        self,
+        chunker: Chunker,
+        window: memoryview,
+        window_start: int,
+        eof: bool,
+        sizes: list[int],
+    ) -> tuple[int, list[memoryview]]:
+        """Cut one window (both read paths): (bytes consumed, a view of each chunk)."""
+        cut_ends = chunker.cuts(window, window_start, eof)
+        # No cut in a window is legal (a container box larger than the window defers its
+        # cuts); then everything is carried into the next one.
+        starts = [window_start, *cut_ends[:-1]] if cut_ends else []
+        chunk_views = [
+            window[s - window_start : e - window_start]
+            for s, e in zip(starts, cut_ends, strict=True)
+        ]
+        sizes.extend(len(v) for v in chunk_views)
+        return (cut_ends[-1] - window_start) if cut_ends else 0, chunk_views
+
+    def _submit(
+        self,
+        window: memoryview,
+        consumed: int,
+        chunk_views: list[memoryview],
+        file_hasher: blake3.blake3,
+        id_futures: list[Future[list[ObjectId]]],
+        release: Callable[[], None],
+    ) -> Future[None]:
+        """Hand a cut window to the file hasher, the chunk hasher and the writer; ``release``
+        runs once the file hasher and the writer are done with it."""
+        hashed = self._file_hasher.submit(_update_then, file_hasher, window[:consumed], release)
+        ids = self._hasher.submit(_hash_all, chunk_views)
+        id_futures.append(ids)
+        self._writer.submit(ids, chunk_views, release)
+        return hashed
 
     def _read_small(
         self, fd: int, before: os.stat_result, profile: ChunkingProfile
