@@ -209,3 +209,23 @@ def test_demo_resumes_a_broken_step_once_and_names_the_server_log(tmp_path: Path
 
     with pytest.raises(ConnectionResetError):  # a second failure is reported, not retried
         resumed_once(Ctx(cwd=tmp_path), tmp_path, "push 2", broken, [])
+
+
+def test_the_demo_re_render_keeps_every_frame_header(tmp_path: Path) -> None:
+    # The edit re-renders frame payloads in place; a header it overwrote would turn the
+    # frames after it into one stretch the chunker cannot snap to (and re-store far more).
+    import struct
+
+    from dits.cli.cmd_demo import edit_project, make_project
+
+    make_project(tmp_path, 24)
+    video = tmp_path / "media" / "timeline_export.mov"
+    before = video.read_bytes()
+    edit_project(tmp_path)
+    after = video.read_bytes()
+    frame = 256 << 10
+    first = 8 + 12 + 8  # ftyp box, mdat header
+    starts = range(first, len(after) - 4104 - frame + 1, frame)
+    assert all(struct.unpack_from(">I4s", after, at) == (frame, b"icpf") for at in starts)
+    changed = [at for at in starts if after[at : at + frame] != before[at : at + frame]]
+    assert changed and len(changed) <= 72

@@ -104,6 +104,30 @@ def test_second_push_sends_only_new_chunks(server: Server, tmp_path: Path) -> No
     assert report["percent_already_on_server"] > 80
 
 
+def test_the_server_log_shows_where_a_ref_update_spent_its_time(
+    server: Server, tmp_path: Path
+) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    dits = DitsRunner(work)
+    make_repo(dits, {"a.mov": random_bytes(3_000_000, 5)})
+    dits("remote", "add", "origin", server.url(), "--token", server.write_token)
+    assert dits("push")[0] == 0
+    lines = [
+        ln for ln in (server.root / "server.log").read_text().splitlines() if "update-refs" in ln
+    ]
+    assert lines, "no update-refs line"
+    phases = re.search(r"\((walk [0-9.]+ pin [0-9.]+ .*)\)$", lines[-1])
+    assert phases, lines[-1]
+    assert [w for w in phases.group(1).split()[::2]] == [
+        "walk",
+        "pin",
+        "store",
+        "commit",
+        "release",
+    ]
+
+
 def test_read_only_and_bad_tokens_cannot_push(server: Server, tmp_path: Path) -> None:
     work = tmp_path / "work"
     work.mkdir()

@@ -357,3 +357,28 @@ def test_core_compression_false_stores_chunks_raw(tmp_path: Path) -> None:
             stored, _ = repo.chunks.get_stored(oid, verify=False)
             assert stored[0] == tag
             assert repo.chunks.get(oid) == text
+
+
+def test_three_puts_are_in_flight_before_anything_is_measured(store_repo: Repository) -> None:
+    """The floor of puts in flight is 3: with 2, one put wrote while the other waited on the
+    server, and a capped link ran at 17 of 20 MB/s (docs/staging.md, "streams")."""
+
+    class SlowServer(Link):
+        answered: list[tuple[float, float]]
+
+        async def send(
+            self, batch: list[StagedChunk], pace: Callable[[int], Awaitable[None]] | None
+        ) -> None:
+            start = time.monotonic()
+            await super().send(batch, pace)
+            await asyncio.sleep(0.05)  # the server hashes, writes and fsyncs the batch
+            self.answered.append((start, time.monotonic()))
+
+    items = put(store_repo, [random_bytes(MiB, 700 + i) for i in range(6)])
+    link = SlowServer(lambda t: 1e9)
+    link.answered = []
+    engine = StagingEngine(config(max_concurrent_staging=2))
+    run(engine, items, StoredChunkStager(store_repo.chunks), link)
+    assert len(link.received) == 6
+    first, _, third = sorted(link.answered)[:3]
+    assert third[0] < first[1]  # the third put started before the first one was answered
