@@ -40,30 +40,7 @@ from benchmarks.add_bench import REPO_ROOT
 from dits.net.local_server import LocalServer, remote_cli
 
 MiB = 1 << 20
-# An installed dits has compiled bytecode (pip compiles at install); a checkout run with
-# PYTHONDONTWRITEBYTECODE set would compile every module on every command instead (~0.1 s each).
-ENV = {
-    **{k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"},
-    "PYTHONPATH": str(REPO_ROOT),
-    "DITS_COMMIT_TIME": "1700000000",
-}
-
-
-def _compile_bytecode() -> None:
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "compileall",
-            "-q",
-            str(REPO_ROOT / "dits"),
-            str(REPO_ROOT / "remote"),
-        ],
-        env=ENV,
-        check=True,
-    )
-
-
+ENV = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "DITS_COMMIT_TIME": "1700000000"}
 _PIECE = 4 * MiB
 
 
@@ -182,7 +159,6 @@ def bench(
     if data.exists():
         shutil.rmtree(data)
     data.mkdir(parents=True)
-    _compile_bytecode()
     srv_root = data / "server"
     srv_root.mkdir()
     for name in ("with-agent", "no-agent"):  # separate repositories: nothing shared
